@@ -1,0 +1,91 @@
+# diffusion — build, test and install.
+#   make          build build/libdiffusion.a and the Lua module build/diffusion/core.so
+#   make test     run the whole suite (last line: "N passed, M failed")
+#   make asan     the suite under AddressSanitizer + UBSan
+#   make valgrind the suite under valgrind's leak checker
+#   make bench    examples/bench_tensor.lua
+#   make clean
+# luarocks (rockspec/diffusion-scm-1.rockspec) calls `make` and `make install`
+# with CFLAGS, LIBFLAG, LUA_INCDIR, INST_LIBDIR and INST_LUADIR set.
+
+LUA        ?= lua5.4
+BUSTED     ?= $(shell command -v busted 2>/dev/null || echo /usr/bin/busted)
+PKG_CONFIG ?= pkg-config
+MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null)
+
+LUA_INCDIR ?= $(shell $(PKG_CONFIG) --variable=includedir lua5.4 2>/dev/null)/lua5.4
+BLAS_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null || echo -I/usr/include/$(MULTIARCH)/openblas-pthread)
+BLAS_LIBS   ?= $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
+
+CFLAGS   ?= -O2
+LIBFLAG  ?= -shared
+WARNINGS := -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+            -Wformat=2 -Wundef -Wvla -Wpointer-arith -Wcast-align
+DF_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC $(WARNINGS) $(BLAS_CFLAGS)
+ifdef WERROR
+DF_CFLAGS += -Werror
+endif
+LIBS := $(BLAS_LIBS) -lm -lpthread
+
+BUILD  ?= build
+CORE_SRC    := $(wildcard csrc/core/*.c csrc/ops/*.c)
+BINDING_SRC := $(wildcard csrc/binding/*.c)
+HEADERS     := $(wildcard csrc/*.h csrc/*/*.h)
+CORE_OBJ    := $(CORE_SRC:csrc/%.c=$(BUILD)/obj/%.o)
+BINDING_OBJ := $(BINDING_SRC:csrc/%.c=$(BUILD)/obj/%.o)
+
+LIB    := $(BUILD)/libdiffusion.a
+MODULE := $(BUILD)/diffusion/core.so
+
+TEST_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
+            LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"
+SPECS ?= spec
+
+.PHONY: all test asan valgrind bench install clean
+
+all: $(MODULE)
+
+$(BUILD)/obj/%.o: csrc/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DF_CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/binding/%.o: csrc/binding/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DF_CFLAGS) -I$(LUA_INCDIR) -c $< -o $@
+
+$(LIB): $(CORE_OBJ)
+	$(AR) rcs $@ $^
+
+$(MODULE): $(BINDING_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LIBFLAG) -o $@ $(BINDING_OBJ) $(LIB) $(LIBS)
+
+test: $(MODULE)
+	@$(TEST_ENV) $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
+
+ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+asan:
+	$(MAKE) BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" LIBFLAG="-shared -fsanitize=address,undefined" all
+	@LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:abort_on_error=0 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(TEST_ENV:$(BUILD)=build-asan) LUA_CPATH="$(CURDIR)/build-asan/?.so;;" \
+	  $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
+
+valgrind: $(MODULE)
+	@$(TEST_ENV) valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3 -q \
+	  $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
+
+bench: $(MODULE)
+	@$(TEST_ENV) $(LUA) examples/bench_tensor.lua
+
+INST_LIBDIR ?= $(BUILD)/install/lib
+INST_LUADIR ?= $(BUILD)/install/lua
+install: $(MODULE)
+	mkdir -p $(INST_LIBDIR)/diffusion $(INST_LUADIR)/diffusion
+	cp $(MODULE) $(INST_LIBDIR)/diffusion/core.so
+	cp lua/diffusion/*.lua $(INST_LUADIR)/diffusion/
+
+clean:
+	rm -rf build build-asan

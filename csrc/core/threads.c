@@ -1,0 +1,133 @@
+/* threads.c — the library's one thread pool.
+ *
+ * df_parallel_for hands out task indices [0, ntasks) to the workers and the
+ * calling thread. Workers sleep on a condition variable between calls, so
+ * they never compete with OpenBLAS's threads, which only run between our
+ * parallel regions (BLAS is never called from inside one). Both use the
+ * same thread count, set by df_set_num_threads. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "../df.h"
+
+#define MAX_THREADS 256
+
+typedef struct {
+  pthread_mutex_t lock;
+  pthread_cond_t wake, done;
+  pthread_t workers[MAX_THREADS];
+  int nworkers;       /* started worker threads */
+  int nthreads;       /* threads used per call, caller included */
+  uint64_t generation; /* bumped for each job */
+  int active;         /* workers still inside the current job */
+  /* the current job */
+  void (*fn)(int64_t, void *);
+  void *ctx;
+  int64_t ntasks;
+  atomic_llong next_task;
+} pool_t;
+
+static pool_t pool = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .wake = PTHREAD_COND_INITIALIZER,
+    .done = PTHREAD_COND_INITIALIZER,
+};
+static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
+static _Thread_local bool inside_parallel;
+static bool initialised;
+
+static void run_tasks(void) {
+  inside_parallel = true;
+  for (;;) {
+    int64_t task = atomic_fetch_add(&pool.next_task, 1);
+    if (task >= pool.ntasks) break;
+    pool.fn(task, pool.ctx);
+  }
+  inside_parallel = false;
+}
+
+static void *worker_main(void *arg) {
+  int id = (int)(intptr_t)arg;
+  uint64_t seen = 0;
+  pthread_mutex_lock(&pool.lock);
+  for (;;) {
+    while (pool.generation == seen || id >= pool.nthreads - 1) pthread_cond_wait(&pool.wake, &pool.lock);
+    seen = pool.generation;
+    pthread_mutex_unlock(&pool.lock);
+    run_tasks();
+    pthread_mutex_lock(&pool.lock);
+    if (--pool.active == 0) pthread_cond_signal(&pool.done);
+  }
+  return NULL;
+}
+
+static int default_threads(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n < 1) n = 1;
+  return n > MAX_THREADS ? MAX_THREADS : (int)n;
+}
+
+static void ensure_init(void) {
+  if (initialised) return;
+  initialised = true;
+  pool.nthreads = default_threads();
+  openblas_set_num_threads(pool.nthreads);
+}
+
+/* Starts workers up to n - 1; on failure runs with fewer threads. */
+static void grow_workers(int n) {
+  while (pool.nworkers < n - 1) {
+    if (pthread_create(&pool.workers[pool.nworkers], NULL, worker_main,
+                       (void *)(intptr_t)pool.nworkers) != 0)
+      break;
+    pool.nworkers++;
+  }
+}
+
+df_status df_set_num_threads(int n) {
+  if (n < 1 || n > MAX_THREADS)
+    return df_error(DF_EINVAL, "set_num_threads: expected 1 to %d threads, got %d", MAX_THREADS, n);
+  pthread_mutex_lock(&call_lock);
+  ensure_init();
+  pthread_mutex_lock(&pool.lock);
+  pool.nthreads = n;
+  pthread_mutex_unlock(&pool.lock);
+  openblas_set_num_threads(n);
+  pthread_mutex_unlock(&call_lock);
+  return DF_OK;
+}
+
+int df_get_num_threads(void) {
+  ensure_init();
+  return pool.nthreads;
+}
+
+void df_parallel_for(int64_t ntasks, void (*fn)(int64_t, void *), void *ctx) {
+  if (ntasks <= 0) return;
+  ensure_init();
+  if (ntasks == 1 || pool.nthreads == 1 || inside_parallel || pthread_mutex_trylock(&call_lock) != 0) {
+    for (int64_t t = 0; t < ntasks; t++) fn(t, ctx);
+    return;
+  }
+  grow_workers(pool.nthreads);
+  pthread_mutex_lock(&pool.lock);
+  pool.fn = fn;
+  pool.ctx = ctx;
+  pool.ntasks = ntasks;
+  atomic_store(&pool.next_task, 0);
+  /* workers 0 .. active-1 take part; the others keep sleeping */
+  pool.active = pool.nthreads - 1 < pool.nworkers ? pool.nthreads - 1 : pool.nworkers;
+  pool.generation++;
+  pthread_cond_broadcast(&pool.wake);
+  pthread_mutex_unlock(&pool.lock);
+
+  run_tasks();
+
+  pthread_mutex_lock(&pool.lock);
+  while (pool.active > 0) pthread_cond_wait(&pool.done, &pool.lock);
+  pthread_mutex_unlock(&pool.lock);
+  pthread_mutex_unlock(&call_lock);
+}

@@ -1,0 +1,203 @@
+/* df.h — the public header of libdiffusion, the plain-C core of `diffusion`.
+ *
+ * The core never includes lua.h. Every function that can fail returns a
+ * df_status and leaves a message in df_last_error(); it never aborts or exits
+ * on user input. Ownership: a function that hands out a tensor through a
+ * `df_tensor **out` gives the caller one reference (release it with
+ * df_tensor_release); tensors passed as `const df_tensor *` are borrowed.
+ * On failure *out is left untouched.
+ *
+ * Tensors are float32, N-d (N <= DF_MAX_DIMS), views over refcounted storage.
+ * All dims and indices here are 0-based; the Lua binding converts from 1-based.
+ */
+#ifndef DF_H
+#define DF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DF_MAX_DIMS 8
+
+typedef enum {
+  DF_OK = 0,
+  DF_EINVAL, /* bad argument: shape, dim, index, value */
+  DF_ENOMEM, /* allocation failed or size overflows */
+  DF_EIO     /* file or format problem */
+} df_status;
+
+/* ---- errors (core/error.c) ---------------------------------------------- */
+
+/* The message of the last failure on this thread. */
+const char *df_last_error(void);
+/* Formats the message and returns `code`, so a failure is `return df_error(...)`. */
+df_status df_error(df_status code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* "{2,3,4}" into buf; returns buf. */
+char *df_format_shape(char *buf, size_t cap, int ndim, const int64_t *size);
+
+/* ---- allocation (core/alloc.c) ------------------------------------------ */
+
+void *df_malloc(size_t bytes);           /* NULL on failure (or injected failure) */
+void *df_calloc(size_t n, size_t size);
+void df_free(void *p);
+/* Bytes held by live tensor storages (the binding reports them to Lua's GC). */
+size_t df_live_bytes(void);
+/* Test hook: the n-th allocation from now fails (n >= 1); 0 turns it off. */
+void df_alloc_fail_at(long n);
+
+/* ---- threads (core/threads.c) ------------------------------------------- */
+
+/* Sets the library's thread count and OpenBLAS's to the same n (n >= 1). */
+df_status df_set_num_threads(int n);
+int df_get_num_threads(void);
+/* Runs fn(task, ctx) for task in [0, ntasks) on the pool; the caller joins
+ * in. What a task computes must depend only on its index, never on which
+ * thread ran it. A nested call runs inline. */
+void df_parallel_for(int64_t ntasks, void (*fn)(int64_t task, void *ctx), void *ctx);
+
+/* ---- storage and tensors (core/tensor.c) -------------------------------- */
+
+typedef struct df_storage {
+  float *data;
+  int64_t numel;
+  int refcount;
+} df_storage;
+
+typedef struct df_tensor {
+  df_storage *storage;
+  int64_t offset; /* in elements */
+  int ndim;
+  int64_t size[DF_MAX_DIMS];
+  int64_t stride[DF_MAX_DIMS]; /* in elements; 0 for expanded dims */
+  int refcount;
+} df_tensor;
+
+void df_tensor_retain(df_tensor *t);
+void df_tensor_release(df_tensor *t); /* NULL is fine */
+
+static inline float *df_tensor_data(const df_tensor *t) { return t->storage->data + t->offset; }
+int64_t df_tensor_numel(const df_tensor *t);
+bool df_tensor_is_contiguous(const df_tensor *t);
+bool df_tensor_same_shape(const df_tensor *a, const df_tensor *b);
+/* True when two dims of t address the same element (an expanded tensor). */
+bool df_tensor_has_overlap(const df_tensor *t);
+
+/* Checks a shape (0 <= ndim <= DF_MAX_DIMS, sizes >= 0, byte count fits)
+ * and stores the element count in *numel. `op` names the caller in errors. */
+df_status df_check_shape(const char *op, int ndim, const int64_t *size, int64_t *numel);
+
+/* New contiguous tensors. */
+df_status df_tensor_empty(df_tensor **out, int ndim, const int64_t *size);
+df_status df_tensor_zeros(df_tensor **out, int ndim, const int64_t *size);
+df_status df_tensor_full(df_tensor **out, int ndim, const int64_t *size, float value);
+df_status df_arange(df_tensor **out, double start, double end, double step);
+df_status df_linspace(df_tensor **out, double start, double end, int64_t n);
+df_status df_eye(df_tensor **out, int64_t n, int64_t m);
+
+/* Views: share storage with t. A size of -1 in view/reshape is inferred. */
+df_status df_tensor_view(df_tensor **out, const df_tensor *t, int ndim, const int64_t *size);
+df_status df_tensor_reshape(df_tensor **out, const df_tensor *t, int ndim, const int64_t *size); /* copies if it must */
+df_status df_tensor_transpose(df_tensor **out, const df_tensor *t, int d0, int d1);
+df_status df_tensor_permute(df_tensor **out, const df_tensor *t, const int *perm);
+df_status df_tensor_narrow(df_tensor **out, const df_tensor *t, int dim, int64_t start, int64_t length);
+df_status df_tensor_slice(df_tensor **out, const df_tensor *t, int dim, int64_t start, int64_t stop, int64_t step);
+df_status df_tensor_select(df_tensor **out, const df_tensor *t, int dim, int64_t index);
+df_status df_tensor_squeeze(df_tensor **out, const df_tensor *t, int dim); /* dim < 0: all size-1 dims */
+df_status df_tensor_unsqueeze(df_tensor **out, const df_tensor *t, int dim);
+df_status df_tensor_expand(df_tensor **out, const df_tensor *t, int ndim, const int64_t *size);
+/* t itself (retained) when already contiguous, else a contiguous copy. */
+df_status df_tensor_contiguous(df_tensor **out, const df_tensor *t);
+
+/* Copies src into dst, broadcasting src to dst's shape. */
+df_status df_tensor_copy_(df_tensor *dst, const df_tensor *src);
+df_status df_tensor_fill_(df_tensor *t, float value);
+df_status df_tensor_clone(df_tensor **out, const df_tensor *t);
+df_status df_tensor_get(const df_tensor *t, const int64_t *index, float *value);
+df_status df_tensor_set(df_tensor *t, const int64_t *index, float value);
+
+df_status df_cat(df_tensor **out, int n, const df_tensor *const *ts, int dim);
+df_status df_stack(df_tensor **out, int n, const df_tensor *const *ts, int dim);
+
+/* Broadcast shape of a and b (NumPy rules) into out_size/out_ndim. */
+df_status df_broadcast_shape(const char *op, int na, const int64_t *sa, int nb, const int64_t *sb,
+                             int *out_ndim, int64_t *out_size);
+
+/* ---- elementwise (ops/elementwise.c) ------------------------------------ */
+
+typedef enum {
+  DF_NEG, DF_ABS, DF_EXP, DF_LOG, DF_SQRT, DF_RSQRT, DF_SIN, DF_COS,
+  DF_TANH, DF_SIGMOID, DF_RELU, DF_SILU, DF_GELU,
+  DF_UNARY_COUNT
+} df_unary_op;
+
+typedef enum {
+  DF_ADD, DF_SUB, DF_MUL, DF_DIV, DF_POW, DF_MAXIMUM, DF_MINIMUM,
+  DF_EQ, DF_NE, DF_LT, DF_LE, DF_GT, DF_GE,
+  DF_BINARY_COUNT
+} df_binary_op;
+
+extern const char *const df_unary_names[DF_UNARY_COUNT];
+extern const char *const df_binary_names[DF_BINARY_COUNT];
+
+df_status df_unary(df_unary_op op, df_tensor **out, const df_tensor *a);
+df_status df_unary_(df_unary_op op, df_tensor *a);
+df_status df_binary(df_binary_op op, df_tensor **out, const df_tensor *a, const df_tensor *b);
+/* a op= b, with b broadcast to a's shape. */
+df_status df_binary_(df_binary_op op, df_tensor *a, const df_tensor *b);
+/* a op s, or s op a when scalar_first. */
+df_status df_binary_scalar(df_binary_op op, df_tensor **out, const df_tensor *a, float s, bool scalar_first);
+df_status df_binary_scalar_(df_binary_op op, df_tensor *a, float s);
+/* Bounds may be -INFINITY / INFINITY for "none". */
+df_status df_clamp(df_tensor **out, const df_tensor *a, float lo, float hi);
+df_status df_clamp_(df_tensor *a, float lo, float hi);
+/* cond != 0 ? a : b, all three broadcast together. */
+df_status df_where(df_tensor **out, const df_tensor *cond, const df_tensor *a, const df_tensor *b);
+
+/* ---- reductions (ops/reduce.c) ------------------------------------------ */
+
+typedef enum { DF_SUM, DF_MEAN, DF_VAR, DF_STD, DF_MAX, DF_MIN, DF_REDUCE_COUNT } df_reduce_op;
+extern const char *const df_reduce_names[DF_REDUCE_COUNT];
+
+/* Reduces over `dims` (ndims of them; ndims == 0 means all). `correction`
+ * is the variance's divisor offset (1: unbiased, 0: population). Sums are
+ * accumulated in double over a fixed split, so results don't depend on the
+ * thread count. */
+df_status df_reduce(df_reduce_op op, df_tensor **out, const df_tensor *a, int ndims, const int *dims,
+                    bool keepdim, int correction);
+/* Max or min (op is DF_MAX or DF_MIN) along one dim, with the positions
+ * (plus index_base) as floats. dim < 0: over all elements, flattened.
+ * Either output may be NULL. The first of equal extremes wins; NaN wins. */
+df_status df_argreduce(df_reduce_op op, df_tensor **values, df_tensor **indices, const df_tensor *a,
+                       int dim, bool keepdim, int index_base);
+
+/* ---- matmul (ops/matmul.c) ---------------------------------------------- */
+
+/* (..., n, k) x (..., k, m) -> (..., n, m); batch dims broadcast. */
+df_status df_matmul(df_tensor **out, const df_tensor *a, const df_tensor *b);
+/* GFLOP/s of cblas_sgemm on n x n matrices with no tensor machinery, for
+ * comparing against df_matmul in benchmarks. */
+double df_bench_raw_sgemm(int n, int reps);
+const char *df_blas_info(void);
+
+/* ---- random numbers (core/rng.c) ---------------------------------------- */
+
+/* Philox4x32-10: element i of a request draws from counter block
+ * (offset + i / 4), so the numbers depend only on (seed, offset), never on
+ * the thread count or how the work is split. */
+typedef struct df_generator {
+  uint64_t seed;
+  uint64_t offset; /* next unused counter block */
+} df_generator;
+
+df_generator *df_default_generator(void);
+void df_generator_seed(df_generator *g, uint64_t seed);
+/* Uniform in [lo, hi), normal(mean, std), integers in [lo, hi). */
+df_status df_rand_(df_tensor *t, df_generator *g, float lo, float hi);
+df_status df_randn_(df_tensor *t, df_generator *g, float mean, float std);
+df_status df_randint_(df_tensor *t, df_generator *g, int64_t lo, int64_t hi);
+
+#endif

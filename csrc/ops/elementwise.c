@@ -1,0 +1,289 @@
+/* elementwise.c — unary and binary maps, clamp and where, with NumPy
+ * broadcasting, through the strided loop driver of core/iter.h. Each op is
+ * one scalar expression; the kernel macros give it a contiguous fast path
+ * (which the compiler vectorises) and a strided fallback. */
+#include <assert.h>
+#include <math.h>
+#include <string.h>
+
+#include "../core/iter.h"
+#include "../df.h"
+
+const char *const df_unary_names[DF_UNARY_COUNT] = {
+    "neg", "abs", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "relu", "silu", "gelu",
+};
+const char *const df_binary_names[DF_BINARY_COUNT] = {
+    "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge",
+};
+static_assert(DF_GELU + 1 == DF_UNARY_COUNT, "df_unary_names must list every unary op");
+static_assert(DF_GE + 1 == DF_BINARY_COUNT, "df_binary_names must list every binary op");
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* ---- unary -------------------------------------------------------------- */
+
+#define UNARY_KERNEL(name, expr)                                                   \
+  static void name(int64_t n, float *const *p, const int64_t *s, const void *ctx) { \
+    (void)ctx;                                                                     \
+    float *o = p[0];                                                               \
+    const float *a = p[1];                                                         \
+    if (s[0] == 1 && s[1] == 1) {                                                  \
+      for (int64_t i = 0; i < n; i++) {                                            \
+        float x = a[i];                                                            \
+        o[i] = (expr);                                                             \
+      }                                                                            \
+    } else {                                                                       \
+      for (int64_t i = 0; i < n; i++) {                                            \
+        float x = a[i * s[1]];                                                     \
+        o[i * s[0]] = (expr);                                                      \
+      }                                                                            \
+    }                                                                              \
+  }
+
+UNARY_KERNEL(k_neg, -x)
+UNARY_KERNEL(k_abs, fabsf(x))
+UNARY_KERNEL(k_exp, expf(x))
+UNARY_KERNEL(k_log, logf(x))
+UNARY_KERNEL(k_sqrt, sqrtf(x))
+UNARY_KERNEL(k_rsqrt, 1.0f / sqrtf(x))
+UNARY_KERNEL(k_sin, sinf(x))
+UNARY_KERNEL(k_cos, cosf(x))
+UNARY_KERNEL(k_tanh, tanhf(x))
+UNARY_KERNEL(k_sigmoid, sigmoidf(x))
+UNARY_KERNEL(k_relu, x > 0.0f ? x : (x == x ? 0.0f : x))
+UNARY_KERNEL(k_silu, x * sigmoidf(x))
+UNARY_KERNEL(k_gelu, 0.5f * x * (1.0f + erff(x * 0.70710678118654752f))) /* exact (erf) form */
+
+static const df_iter_kernel unary_kernels[DF_UNARY_COUNT] = {
+    k_neg, k_abs, k_exp, k_log, k_sqrt, k_rsqrt, k_sin, k_cos, k_tanh, k_sigmoid, k_relu, k_silu, k_gelu,
+};
+
+static df_status check_unary(df_unary_op op) {
+  if ((unsigned)op >= DF_UNARY_COUNT) return df_error(DF_EINVAL, "unary: unknown op %d", (int)op);
+  return DF_OK;
+}
+
+/* Runs kernel over ops (ops[0] is the output). */
+static df_status apply(const char *name, int nop, const df_tensor *const *ops, df_iter_kernel kernel, const void *ctx) {
+  df_iter it;
+  df_status st = df_iter_init(&it, name, nop, ops);
+  if (st) return st;
+  df_iter_run(&it, kernel, ctx);
+  return DF_OK;
+}
+
+static df_status check_writable(const char *name, const df_tensor *t) {
+  if (df_tensor_has_overlap(t))
+    return df_error(DF_EINVAL, "%s: cannot write in place into an expanded tensor (call contiguous first)", name);
+  return DF_OK;
+}
+
+df_status df_unary(df_unary_op op, df_tensor **out, const df_tensor *a) {
+  df_status st = check_unary(op);
+  if (st) return st;
+  df_tensor *r;
+  if ((st = df_tensor_empty(&r, a->ndim, a->size))) return st;
+  const df_tensor *ops[2] = {r, a};
+  apply(df_unary_names[op], 2, ops, unary_kernels[op], NULL);
+  *out = r;
+  return DF_OK;
+}
+
+df_status df_unary_(df_unary_op op, df_tensor *a) {
+  df_status st = check_unary(op);
+  if (st || (st = check_writable(df_unary_names[op], a))) return st;
+  const df_tensor *ops[2] = {a, a};
+  return apply(df_unary_names[op], 2, ops, unary_kernels[op], NULL);
+}
+
+/* ---- binary ------------------------------------------------------------- */
+
+#define BINARY_KERNEL(name, expr)                                                  \
+  static void name(int64_t n, float *const *p, const int64_t *s, const void *ctx) { \
+    (void)ctx;                                                                     \
+    float *o = p[0];                                                               \
+    const float *a = p[1], *b = p[2];                                              \
+    if (s[0] == 1 && s[1] == 1 && s[2] == 1) {                                     \
+      for (int64_t i = 0; i < n; i++) {                                            \
+        float x = a[i], y = b[i];                                                  \
+        o[i] = (expr);                                                             \
+      }                                                                            \
+    } else if (s[0] == 1 && s[1] == 1 && s[2] == 0) {                              \
+      const float y = b[0];                                                        \
+      for (int64_t i = 0; i < n; i++) {                                            \
+        float x = a[i];                                                            \
+        o[i] = (expr);                                                             \
+      }                                                                            \
+    } else if (s[0] == 1 && s[1] == 0 && s[2] == 1) {                              \
+      const float x = a[0];                                                        \
+      for (int64_t i = 0; i < n; i++) {                                            \
+        float y = b[i];                                                            \
+        o[i] = (expr);                                                             \
+      }                                                                            \
+    } else {                                                                       \
+      for (int64_t i = 0; i < n; i++) {                                            \
+        float x = a[i * s[1]], y = b[i * s[2]];                                    \
+        o[i * s[0]] = (expr);                                                      \
+      }                                                                            \
+    }                                                                              \
+  }
+
+/* maximum/minimum propagate NaN, as PyTorch does */
+BINARY_KERNEL(k_add, x + y)
+BINARY_KERNEL(k_sub, x - y)
+BINARY_KERNEL(k_mul, x * y)
+BINARY_KERNEL(k_div, x / y)
+BINARY_KERNEL(k_pow, powf(x, y))
+BINARY_KERNEL(k_maximum, x != x || x > y ? x : y)
+BINARY_KERNEL(k_minimum, x != x || x < y ? x : y)
+BINARY_KERNEL(k_eq, (float)(x == y))
+BINARY_KERNEL(k_ne, (float)(x != y))
+BINARY_KERNEL(k_lt, (float)(x < y))
+BINARY_KERNEL(k_le, (float)(x <= y))
+BINARY_KERNEL(k_gt, (float)(x > y))
+BINARY_KERNEL(k_ge, (float)(x >= y))
+
+static const df_iter_kernel binary_kernels[DF_BINARY_COUNT] = {
+    k_add, k_sub, k_mul, k_div, k_pow, k_maximum, k_minimum, k_eq, k_ne, k_lt, k_le, k_gt, k_ge,
+};
+
+static df_status check_binary(df_binary_op op) {
+  if ((unsigned)op >= DF_BINARY_COUNT) return df_error(DF_EINVAL, "binary: unknown op %d", (int)op);
+  return DF_OK;
+}
+
+df_status df_binary(df_binary_op op, df_tensor **out, const df_tensor *a, const df_tensor *b) {
+  df_status st = check_binary(op);
+  if (st) return st;
+  int ndim;
+  int64_t size[DF_MAX_DIMS];
+  if ((st = df_broadcast_shape(df_binary_names[op], a->ndim, a->size, b->ndim, b->size, &ndim, size))) return st;
+  df_tensor *r;
+  if ((st = df_tensor_empty(&r, ndim, size))) return st;
+  const df_tensor *ops[3] = {r, a, b};
+  apply(df_binary_names[op], 3, ops, binary_kernels[op], NULL);
+  *out = r;
+  return DF_OK;
+}
+
+/* True when b reads memory of a in a different layout, so writing a in
+ * place would change b's elements before they are read. */
+static bool aliases_differently(const df_tensor *a, const df_tensor *b) {
+  if (a->storage != b->storage) return false;
+  if (a->offset != b->offset || a->ndim != b->ndim) return true;
+  for (int d = 0; d < a->ndim; d++)
+    if (a->size[d] != b->size[d] || (a->size[d] > 1 && a->stride[d] != b->stride[d])) return true;
+  return false;
+}
+
+df_status df_binary_(df_binary_op op, df_tensor *a, const df_tensor *b) {
+  df_status st = check_binary(op);
+  if (st || (st = check_writable(df_binary_names[op], a))) return st;
+  int ndim;
+  int64_t size[DF_MAX_DIMS];
+  if ((st = df_broadcast_shape(df_binary_names[op], a->ndim, a->size, b->ndim, b->size, &ndim, size))) return st;
+  if (ndim != a->ndim || memcmp(size, a->size, sizeof(int64_t) * (size_t)ndim) != 0) {
+    char b1[128], b2[128];
+    return df_error(DF_EINVAL, "%s_: result shape %s differs from the in-place tensor's %s", df_binary_names[op],
+                    df_format_shape(b1, sizeof b1, ndim, size), df_format_shape(b2, sizeof b2, a->ndim, a->size));
+  }
+  df_tensor *copy = NULL;
+  if (aliases_differently(a, b)) {
+    if ((st = df_tensor_clone(&copy, b))) return st;
+    b = copy;
+  }
+  const df_tensor *ops[3] = {a, a, b};
+  st = apply(df_binary_names[op], 3, ops, binary_kernels[op], NULL);
+  df_tensor_release(copy);
+  return st;
+}
+
+/* A 0-d tensor on the stack holding one number: never retained or freed. */
+typedef struct {
+  df_storage storage;
+  df_tensor tensor;
+  float value;
+} scalar_tensor;
+
+static const df_tensor *scalar_init(scalar_tensor *s, float v) {
+  memset(s, 0, sizeof *s);
+  s->value = v;
+  s->storage = (df_storage){.data = &s->value, .numel = 1, .refcount = 1};
+  s->tensor.storage = &s->storage;
+  s->tensor.refcount = 1;
+  return &s->tensor;
+}
+
+df_status df_binary_scalar(df_binary_op op, df_tensor **out, const df_tensor *a, float s, bool scalar_first) {
+  scalar_tensor tmp;
+  const df_tensor *b = scalar_init(&tmp, s);
+  return scalar_first ? df_binary(op, out, b, a) : df_binary(op, out, a, b);
+}
+
+df_status df_binary_scalar_(df_binary_op op, df_tensor *a, float s) {
+  scalar_tensor tmp;
+  return df_binary_(op, a, scalar_init(&tmp, s));
+}
+
+/* ---- clamp, where ------------------------------------------------------- */
+
+typedef struct {
+  float lo, hi;
+} clamp_bounds;
+
+static void k_clamp(int64_t n, float *const *p, const int64_t *s, const void *ctx) {
+  const clamp_bounds *c = ctx;
+  const float lo = c->lo, hi = c->hi;
+  float *o = p[0];
+  const float *a = p[1];
+  for (int64_t i = 0; i < n; i++) {
+    float x = a[i * s[1]];
+    o[i * s[0]] = x < lo ? lo : (x > hi ? hi : x); /* NaN stays NaN */
+  }
+}
+
+static df_status check_bounds(float lo, float hi) {
+  if (isnan(lo) || isnan(hi) || lo > hi) return df_error(DF_EINVAL, "clamp: bounds must satisfy min <= max, got %g and %g", lo, hi);
+  return DF_OK;
+}
+
+df_status df_clamp(df_tensor **out, const df_tensor *a, float lo, float hi) {
+  df_status st = check_bounds(lo, hi);
+  if (st) return st;
+  df_tensor *r;
+  if ((st = df_tensor_empty(&r, a->ndim, a->size))) return st;
+  clamp_bounds c = {lo, hi};
+  const df_tensor *ops[2] = {r, a};
+  apply("clamp", 2, ops, k_clamp, &c);
+  *out = r;
+  return DF_OK;
+}
+
+df_status df_clamp_(df_tensor *a, float lo, float hi) {
+  df_status st = check_bounds(lo, hi);
+  if (st || (st = check_writable("clamp_", a))) return st;
+  clamp_bounds c = {lo, hi};
+  const df_tensor *ops[2] = {a, a};
+  return apply("clamp_", 2, ops, k_clamp, &c);
+}
+
+static void k_where(int64_t n, float *const *p, const int64_t *s, const void *ctx) {
+  (void)ctx;
+  for (int64_t i = 0; i < n; i++)
+    p[0][i * s[0]] = p[1][i * s[1]] != 0.0f ? p[2][i * s[2]] : p[3][i * s[3]];
+}
+
+df_status df_where(df_tensor **out, const df_tensor *cond, const df_tensor *a, const df_tensor *b) {
+  int n1, n2;
+  int64_t s1[DF_MAX_DIMS], s2[DF_MAX_DIMS];
+  df_status st;
+  if ((st = df_broadcast_shape("where", cond->ndim, cond->size, a->ndim, a->size, &n1, s1)) ||
+      (st = df_broadcast_shape("where", n1, s1, b->ndim, b->size, &n2, s2)))
+    return st;
+  df_tensor *r;
+  if ((st = df_tensor_empty(&r, n2, s2))) return st;
+  const df_tensor *ops[4] = {r, cond, a, b};
+  apply("where", 4, ops, k_where, NULL);
+  *out = r;
+  return DF_OK;
+}
