@@ -37,8 +37,9 @@ BINDING_OBJ := $(BINDING_SRC:csrc/%.c=$(BUILD)/obj/%.o)
 LIB    := $(BUILD)/libdiffusion.a
 MODULE := $(BUILD)/diffusion/core.so
 
-TEST_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
-            LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"
+# the environment that makes `require "diffusion"` load this checkout's build $(1)
+test_env = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
+           LUA_CPATH="$(CURDIR)/$(1)/?.so;;"
 SPECS ?= spec
 
 .PHONY: all test asan valgrind bench install clean
@@ -61,7 +62,7 @@ $(MODULE): $(BINDING_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $(LIBFLAG) -o $@ $(BINDING_OBJ) $(LIB) $(LIBS)
 
 test: $(MODULE)
-	@$(TEST_ENV) $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
+	@$(call test_env,$(BUILD)) $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
 
 ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 asan:
@@ -70,15 +71,14 @@ asan:
 	  ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:abort_on_error=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  $(TEST_ENV:$(BUILD)=build-asan) LUA_CPATH="$(CURDIR)/build-asan/?.so;;" \
-	  $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
+	  $(call test_env,build-asan) $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
 
 valgrind: $(MODULE)
-	@$(TEST_ENV) valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3 -q \
+	@$(call test_env,$(BUILD)) valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3 -q \
 	  $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
 
 bench: $(MODULE)
-	@$(TEST_ENV) $(LUA) examples/bench_tensor.lua
+	@$(call test_env,$(BUILD)) $(LUA) examples/bench_tensor.lua
 
 INST_LIBDIR ?= $(BUILD)/install/lib
 INST_LUADIR ?= $(BUILD)/install/lua

@@ -44,8 +44,16 @@ char *df_format_shape(char *buf, size_t cap, int ndim, const int64_t *size);
 void *df_malloc(size_t bytes);           /* NULL on failure (or injected failure) */
 void *df_calloc(size_t n, size_t size);
 void df_free(void *p);
+/* Tensor buffers: large ones are recycled through a bounded cache, because
+ * fresh pages cost a page fault each. *capacity receives the usable size. */
+void *df_buffer_get(size_t bytes, bool zero, size_t *capacity);
+void df_buffer_put(void *p, size_t capacity);
+size_t df_buffer_cache_clear(void); /* returns the bytes given back */
+size_t df_buffer_cache_bytes(void);
 /* Bytes held by live tensor storages (the binding reports them to Lua's GC). */
 size_t df_live_bytes(void);
+/* Bytes of tensor storage allocated since the start (never decreases). */
+size_t df_allocated_bytes(void);
 /* Test hook: the n-th allocation from now fails (n >= 1); 0 turns it off. */
 void df_alloc_fail_at(long n);
 
@@ -64,6 +72,7 @@ void df_parallel_for(int64_t ntasks, void (*fn)(int64_t task, void *ctx), void *
 typedef struct df_storage {
   float *data;
   int64_t numel;
+  size_t capacity; /* bytes behind data (>= numel * 4), for the buffer cache */
   int refcount;
 } df_storage;
 

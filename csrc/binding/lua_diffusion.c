@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -48,15 +49,20 @@ static df_tensor *test_tensor(lua_State *L, int arg) {
 static int fail(lua_State *L) { return luaL_error(L, "%s", df_last_error()); }
 
 /* Lua's GC sees a tensor as a few bytes of userdata; the storage behind it
- * can be megabytes. When the bytes held by tensors double since the last
- * collection, collect, so loops that make big temporaries stay bounded. */
-static size_t gc_threshold = (size_t)64 << 20;
+ * can be megabytes. So the binding collects on its own schedule: whenever
+ * the tensor bytes allocated since the last collection exceed what was live
+ * after it (and at least 16 MiB). Garbage tensors then never hold more than
+ * about as much again as the live ones, and their buffers return to the
+ * cache for the next step of a loop. */
+#define GC_MIN_BYTES ((size_t)16 << 20)
+static size_t gc_allocated_mark, gc_live_after;
 
 static void account_memory(lua_State *L) {
-  if (df_live_bytes() <= gc_threshold) return;
+  size_t since = df_allocated_bytes() - gc_allocated_mark;
+  if (since <= GC_MIN_BYTES || since <= gc_live_after) return;
   lua_gc(L, LUA_GCCOLLECT);
-  size_t live = df_live_bytes();
-  gc_threshold = live * 2 > ((size_t)64 << 20) ? live * 2 : (size_t)64 << 20;
+  gc_allocated_mark = df_allocated_bytes();
+  gc_live_after = df_live_bytes();
 }
 
 /* Ends a function whose result slot is on top of the stack. */
@@ -127,12 +133,46 @@ static int check_shape(lua_State *L, int arg, int *ndim, int64_t *size) {
   return arg;
 }
 
+#define SHAPE_MT "diffusion.Shape"
+
+/* A shape is a plain list of integers whose metatable prints it as {2,3}
+ * and compares it by value. */
 static void push_shape(lua_State *L, const df_tensor *t) {
   lua_createtable(L, t->ndim, 0);
   for (int d = 0; d < t->ndim; d++) {
     lua_pushinteger(L, t->size[d]);
     lua_rawseti(L, -2, d + 1);
   }
+  luaL_setmetatable(L, SHAPE_MT);
+}
+
+static int l_shape_tostring(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addchar(&b, '{');
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, ',');
+    lua_rawgeti(L, 1, i);
+    luaL_addvalue(&b);
+  }
+  luaL_addchar(&b, '}');
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static int l_shape_eq(lua_State *L) {
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
+  bool same = lua_istable(L, 1) && lua_istable(L, 2) && n == (lua_Integer)lua_rawlen(L, 2);
+  for (lua_Integer i = 1; same && i <= n; i++) {
+    lua_rawgeti(L, 1, i);
+    lua_rawgeti(L, 2, i);
+    same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+  }
+  lua_pushboolean(L, same);
+  return 1;
 }
 
 /* ---- generators --------------------------------------------------------- */
@@ -942,10 +982,29 @@ static int l_memory_allocated(lua_State *L) {
   return 1;
 }
 
+/* D.empty_cache(): frees the recycled buffers kept for reuse; returns bytes */
+static int l_empty_cache(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)df_buffer_cache_clear());
+  return 1;
+}
+
+static int l_cached_bytes(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)df_buffer_cache_bytes());
+  return 1;
+}
+
 static int l_raw_sgemm_gflops(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1), reps = luaL_optinteger(L, 2, 5);
   if (n < 1 || n > 16384 || reps < 1) return luaL_argerror(L, 1, "expected 1 <= n <= 16384 and reps >= 1");
   lua_pushnumber(L, df_bench_raw_sgemm((int)n, (int)reps));
+  return 1;
+}
+
+/* D.clock(): seconds on a monotonic wall clock, for timing and progress */
+static int l_clock(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + 1e-9 * (lua_Number)ts.tv_nsec);
   return 1;
 }
 
@@ -980,6 +1039,7 @@ static const luaL_Reg module_functions[] = {
     {"get_rng_state", l_generator_get_state}, {"set_rng_state", l_generator_set_state},
     {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
     {"memory_allocated", l_memory_allocated}, {"raw_sgemm_gflops", l_raw_sgemm_gflops}, {"blas_info", l_blas_info},
+    {"clock", l_clock}, {"empty_cache", l_empty_cache}, {"cached_bytes", l_cached_bytes},
     {NULL, NULL}};
 
 static const luaL_Reg generator_methods[] = {
@@ -1060,6 +1120,13 @@ int luaopen_diffusion_core(lua_State *L) {
   lua_setfield(L, module, "Tensor"); /* the methods table: the Lua layer adds to it */
   lua_pushvalue(L, mt);
   lua_setfield(L, module, "_Tensor_mt");
+  lua_pop(L, 1);
+
+  luaL_newmetatable(L, SHAPE_MT);
+  lua_pushcfunction(L, l_shape_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, l_shape_eq);
+  lua_setfield(L, -2, "__eq");
   lua_pop(L, 1);
 
   luaL_newmetatable(L, GENERATOR_MT);

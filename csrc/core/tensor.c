@@ -9,15 +9,16 @@
 /* ---- storage ------------------------------------------------------------ */
 
 #include <stdatomic.h>
-static atomic_size_t live_bytes;
+static atomic_size_t live_bytes, allocated_bytes;
 
 size_t df_live_bytes(void) { return atomic_load(&live_bytes); }
+size_t df_allocated_bytes(void) { return atomic_load(&allocated_bytes); }
 
 static df_storage *storage_new(int64_t numel, bool zero) {
   df_storage *s = df_malloc(sizeof *s);
   if (!s) return NULL;
   size_t bytes = (size_t)numel * sizeof(float);
-  s->data = zero ? df_calloc((size_t)numel, sizeof(float)) : df_malloc(bytes);
+  s->data = df_buffer_get(bytes, zero, &s->capacity);
   if (!s->data) {
     df_free(s);
     return NULL;
@@ -25,13 +26,14 @@ static df_storage *storage_new(int64_t numel, bool zero) {
   s->numel = numel;
   s->refcount = 1;
   atomic_fetch_add(&live_bytes, bytes);
+  atomic_fetch_add(&allocated_bytes, bytes);
   return s;
 }
 
 static void storage_release(df_storage *s) {
   if (!s || --s->refcount > 0) return;
   atomic_fetch_sub(&live_bytes, (size_t)s->numel * sizeof(float));
-  df_free(s->data);
+  df_buffer_put(s->data, s->capacity);
   df_free(s);
 }
 

@@ -74,7 +74,8 @@ df_status df_matmul(df_tensor **out, const df_tensor *a_in, const df_tensor *b_i
   }
   size[nb] = n;
   size[nb + 1] = m;
-  if ((st = df_tensor_zeros(&r, nb + 2, size))) goto done;
+  /* BLAS overwrites the output (beta = 0); only k = 0 leaves it to us */
+  if ((st = k == 0 ? df_tensor_zeros(&r, nb + 2, size) : df_tensor_empty(&r, nb + 2, size))) goto done;
   CBLAS_TRANSPOSE ta, tb;
   int64_t lda, ldb;
   if ((st = blas_ready(A, &a, &ta, &lda)) || (st = blas_ready(B, &b, &tb, &ldb))) goto done;
