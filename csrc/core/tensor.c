@@ -44,7 +44,18 @@ void df_tensor_retain(df_tensor *t) { t->refcount++; }
 void df_tensor_release(df_tensor *t) {
   if (!t || --t->refcount > 0) return;
   storage_release(t->storage);
+  df_tensor_release(t->grad);
+  df_node_release(t->grad_fn);
   df_free(t);
+}
+
+df_status df_check_inplace(const char *op, const df_tensor *t) {
+  if (df_needs_grad(t))
+    return df_error(DF_EINVAL, "%s: in-place operation on a tensor that requires grad "
+                               "(use the out-of-place op, or run it inside D.no_grad)", op);
+  if (df_tensor_has_overlap(t))
+    return df_error(DF_EINVAL, "%s: cannot write in place into an expanded tensor (call contiguous first)", op);
+  return DF_OK;
 }
 
 int64_t df_tensor_numel(const df_tensor *t) {
@@ -150,10 +161,15 @@ static df_status view_of(df_tensor **out, const df_tensor *t, const char *op) {
   if (!v) return df_error(DF_ENOMEM, "%s: out of memory", op);
   *v = *t;
   v->refcount = 1;
+  v->requires_grad = false;
+  v->grad = NULL;
+  v->grad_fn = NULL;
   v->storage->refcount++;
   *out = v;
   return DF_OK;
 }
+
+df_status df_tensor_alias(df_tensor **out, const df_tensor *t) { return view_of(out, t, "alias"); }
 
 static df_status check_dim(const char *op, const df_tensor *t, int dim, int extra) {
   if (dim < 0 || dim >= t->ndim + extra)
