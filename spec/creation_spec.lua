@@ -59,6 +59,24 @@ describe("zeros, ones, full", function()
     assert.are.same({ 3, 3, 3, 3 }, x:totable())
   end)
 
+  it("zeros and eye are zero even in a recycled large buffer", function()
+    for _ = 1, 3 do
+      local junk = D.full({ 300, 300 }, 7) -- 360 KB: big enough to be cached when freed
+      junk = nil
+      collectgarbage()
+      collectgarbage()
+      local z = D.zeros(300, 300)
+      assert.are.equal(0, z:max():item())
+      assert.are.equal(0, z:min():item())
+      local e = D.eye(300)
+      assert.are.equal(300, e:sum():item())
+      assert.are.equal(1, e:max():item())
+      assert.are.equal(0, e:min():item())
+      local zl = D.zeros_like(D.ones(300, 300))
+      assert.are.equal(0, zl:max():item())
+    end
+  end)
+
   it("accepts integral floats as sizes", function()
     assert.are.same({ 2, 3 }, D.zeros(2.0, 3.0):shape())
     assert.are.same({ 2, 3 }, D.zeros({ 2.0, 3.0 }):shape())
@@ -370,8 +388,15 @@ describe("*_like", function()
 
   it("of 0-d and zero-size tensors", function()
     assert.are.same({}, D.ones_like(D.tensor(3)):shape())
-    assert.are.same({ 2, 0, 3 }, D.rand_like(D.zeros(2, 0, 3)):shape())
+    assert.are.same({ 2, 0, 3 }, D.zeros_like(D.zeros(2, 0, 3)):shape())
     assert.are.same({ 2, 0, 3 }, D.full_like(D.zeros(2, 0, 3), 1):shape())
+  end)
+
+  it("random *_like of a zero-size tensor", function()
+    local z = D.zeros(2, 0, 3)
+    assert.are.same({ 2, 0, 3 }, D.rand_like(z):shape())
+    assert.are.same({ 2, 0, 3 }, D.randn_like(z):shape())
+    assert.are.same({ 2, 0, 3 }, D.randint_like(z, 0, 4):shape())
   end)
 end)
 
@@ -388,12 +413,19 @@ describe("zero-size tensors", function()
   end)
 
   it("{2,0,3} through creation", function()
-    for _, x in ipairs({ D.zeros(2, 0, 3), D.ones({ 2, 0, 3 }), D.full({ 2, 0, 3 }, 5), D.rand(2, 0, 3) }) do
+    for _, x in ipairs({ D.zeros(2, 0, 3), D.ones({ 2, 0, 3 }), D.full({ 2, 0, 3 }, 5) }) do
       assert.are.same({ 2, 0, 3 }, x:shape())
       assert.are.equal(0, x:numel())
       assert.are.equal(3, x:dim())
       assert.are.equal(2, #x)
     end
+  end)
+
+  it("{2,0,3} from rand, randn, randint", function()
+    assert.are.same({ 0 }, D.rand(0):shape())
+    assert.are.same({ 2, 0, 3 }, D.rand(2, 0, 3):shape())
+    assert.are.same({ 2, 0, 3 }, D.randn(2, 0, 3):shape())
+    assert.are.same({ 2, 0, 3 }, D.randint(0, 5, 2, 0, 3):shape())
   end)
 
   it("{2,0,3} through totable and printing", function()

@@ -137,6 +137,12 @@ static int check_shape(lua_State *L, int arg, int *ndim, int64_t *size) {
 
 /* A shape is a plain list of integers whose metatable prints it as {2,3}
  * and compares it by value. */
+/* Raises when an argument is left over after the shape (zeros(2, "x")). */
+static void check_shape_end(lua_State *L, int arg) {
+  if (!lua_isnone(L, arg))
+    luaL_argerror(L, arg, lua_pushfstring(L, "expected a size (an integer), got %s", luaL_typename(L, arg)));
+}
+
 static void push_shape(lua_State *L, const df_tensor *t) {
   lua_createtable(L, t->ndim, 0);
   for (int d = 0; d < t->ndim; d++) {
@@ -256,7 +262,7 @@ static int l_generator_tostring(lua_State *L) {
 static int l_zeros(lua_State *L) {
   int ndim;
   int64_t size[DF_MAX_DIMS];
-  check_shape(L, 1, &ndim, size);
+  check_shape_end(L, check_shape(L, 1, &ndim, size));
   df_tensor **slot = new_slot(L);
   return result(L, df_tensor_zeros(slot, ndim, size));
 }
@@ -269,15 +275,26 @@ static int fill_new(lua_State *L, int ndim, const int64_t *size, float value) {
 static int l_ones(lua_State *L) {
   int ndim;
   int64_t size[DF_MAX_DIMS];
-  check_shape(L, 1, &ndim, size);
+  check_shape_end(L, check_shape(L, 1, &ndim, size));
   return fill_new(L, ndim, size, 1.0f);
 }
 
+/* D.full({2, 3}, v) or D.full(2, 3, v): the last number is the value */
 static int l_full(lua_State *L) {
   int ndim;
   int64_t size[DF_MAX_DIMS];
-  int next = check_shape(L, 1, &ndim, size);
-  return fill_new(L, ndim, size, check_float(L, next));
+  if (lua_istable(L, 1)) {
+    check_shape(L, 1, &ndim, size);
+    float v = check_float(L, 2);
+    check_shape_end(L, 3);
+    return fill_new(L, ndim, size, v);
+  }
+  int nargs = lua_gettop(L);
+  if (nargs < 1) return luaL_error(L, "full: expected a shape and a value");
+  float v = check_float(L, nargs);
+  lua_settop(L, nargs - 1);
+  check_shape_end(L, check_shape(L, 1, &ndim, size));
+  return fill_new(L, ndim, size, v);
 }
 
 enum { RAND_UNIFORM, RAND_NORMAL, RAND_INT };
@@ -296,6 +313,7 @@ static int random_new(lua_State *L, int kind, int shape_arg, double a, double b)
   int64_t size[DF_MAX_DIMS];
   int next = check_shape(L, shape_arg, &ndim, size);
   df_generator *g = opt_generator(L, next);
+  check_shape_end(L, next + 1);
   df_tensor **slot = new_slot(L);
   if (df_tensor_empty(slot, ndim, size)) return fail(L);
   account_memory(L);
@@ -692,6 +710,7 @@ static int l_slice(lua_State *L) {
   if (first < 0) first += n + 1;
   if (last < 0) last += n + 1;
   if (first < 1) first = 1;
+  if (first > n) first = n + 1; /* past the end: empty, as string.sub */
   if (last > n) last = n;
   if (last < first) last = first - 1; /* empty */
   df_tensor **slot = new_slot(L);

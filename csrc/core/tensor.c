@@ -83,6 +83,7 @@ bool df_tensor_same_shape(const df_tensor *a, const df_tensor *b) {
 }
 
 bool df_tensor_has_overlap(const df_tensor *t) {
+  if (df_tensor_numel(t) == 0) return false;
   for (int d = 0; d < t->ndim; d++)
     if (t->stride[d] == 0 && t->size[d] > 1) return true;
   return false;
