@@ -28,7 +28,7 @@ endif
 LIBS := $(BLAS_LIBS) -lm -lpthread
 
 BUILD  ?= build
-CORE_SRC    := $(wildcard csrc/core/*.c csrc/ops/*.c)
+CORE_SRC    := $(wildcard csrc/core/*.c csrc/autograd/*.c csrc/ops/*.c csrc/models/*.c csrc/io/*.c)
 BINDING_SRC := $(wildcard csrc/binding/*.c)
 HEADERS     := $(wildcard csrc/*.h csrc/*/*.h)
 CORE_OBJ    := $(CORE_SRC:csrc/%.c=$(BUILD)/obj/%.o)

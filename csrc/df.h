@@ -79,7 +79,9 @@ typedef struct df_storage {
   int refcount;
 } df_storage;
 
-typedef struct df_tensor {
+typedef struct df_tensor df_tensor;
+
+struct df_tensor {
   df_storage *storage;
   int64_t offset; /* in elements */
   int ndim;
@@ -91,7 +93,7 @@ typedef struct df_tensor {
   bool requires_grad;
   df_tensor *grad;  /* accumulated by backward into leaves (owned) */
   df_node *grad_fn; /* owned reference */
-} df_tensor;
+};
 
 void df_tensor_retain(df_tensor *t);
 void df_tensor_release(df_tensor *t); /* NULL is fine */
@@ -224,76 +226,6 @@ void df_generator_seed(df_generator *g, uint64_t seed);
 df_status df_rand_(df_tensor *t, df_generator *g, float lo, float hi);
 df_status df_randn_(df_tensor *t, df_generator *g, float mean, float std);
 df_status df_randint_(df_tensor *t, df_generator *g, int64_t lo, int64_t hi);
-
-/* ---- autograd (autograd/engine.c) --------------------------------------
- *
- * An op whose input requires grad (while grad mode is on) records a node on
- * its result: the backward function, edges to the inputs (their nodes, or the
- * leaf tensors themselves) and what it saved. Nodes are refcounted and hang
- * off the tensors, so dropping the result frees the graph and the
- * activations it kept. df_backward walks the graph in reverse topological
- * order; gradients that come back in a broadcast shape are summed down to
- * the input's shape there, once, so ops never undo broadcasting themselves.
- */
-
-#define DF_NODE_MAX_SAVED 6
-
-/* grad_in has one slot per input, NULL on entry; fill the slots that
- * df_node_needs_grad reports (new references, any broadcast-compatible shape). */
-typedef df_status (*df_backward_fn)(df_node *node, const df_tensor *grad_out, df_tensor **grad_in);
-
-typedef struct df_edge {
-  df_node *node;   /* the input's grad_fn (retained), or NULL */
-  df_tensor *leaf; /* the input itself when it is a leaf needing grad (retained), or NULL */
-  int ndim;        /* the input's shape, to sum broadcast gradients down to */
-  int64_t size[DF_MAX_DIMS];
-} df_edge;
-
-struct df_node {
-  int refcount;
-  const char *name; /* the op, for errors */
-  df_backward_fn backward;
-  int ninputs;
-  df_edge *inputs;
-  df_tensor *saved[DF_NODE_MAX_SAVED]; /* aliases without autograd links */
-  uint64_t saved_version[DF_NODE_MAX_SAVED];
-  double scalar[4]; /* op parameters */
-  int64_t iarg[2 * DF_MAX_DIMS];
-  void *extra; /* op-owned data, freed with df_free */
-  /* during backward */
-  df_tensor *pending;
-  int dependencies;
-  uint64_t visit_mark;
-  bool released; /* its saved tensors were freed by a backward */
-  df_node *next_free; /* intrusive stack for releasing long chains */
-};
-
-bool df_grad_enabled(void);
-bool df_set_grad_enabled(bool on); /* returns the previous mode */
-/* True when grad mode is on and t requires grad. */
-bool df_needs_grad(const df_tensor *t);
-bool df_any_needs_grad(int n, const df_tensor *const *ts);
-/* Makes `out` the result of a new node when an input needs grad; *node is
- * the node (borrowed: out owns it) or NULL when nothing needs recording. On
- * failure the caller releases out. */
-df_status df_autograd_record(df_tensor *out, const char *name, df_backward_fn backward, int ninputs,
-                             const df_tensor *const *inputs, df_node **node);
-df_status df_node_save(df_node *node, int slot, const df_tensor *t);
-bool df_node_needs_grad(const df_node *node, int input);
-void df_node_retain(df_node *node);
-void df_node_release(df_node *node);
-/* Backpropagates from root: grad (NULL means 1 for a one-element root).
- * Without retain_graph, the saved tensors are freed as the walk goes. */
-df_status df_backward(df_tensor *root, const df_tensor *grad, bool retain_graph);
-/* A new tensor sharing t's storage, cut from the graph. */
-df_status df_detach(df_tensor **out, const df_tensor *t);
-df_status df_set_requires_grad(df_tensor *t, bool on);
-/* Sums g over the dims that broadcasting added or expanded, to shape size. */
-df_status df_sum_to_shape(df_tensor **out, const df_tensor *g, int ndim, const int64_t *size);
-/* Test hook: scales the gradient computed by the named op's backward by
- * factor (1 restores it), so tests can prove the gradient checker catches
- * a wrong backward. NULL name turns it off. */
-void df_debug_corrupt_backward(const char *name, float factor);
 
 /* ---- autograd (autograd/engine.c) --------------------------------------
  *

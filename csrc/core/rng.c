@@ -92,11 +92,12 @@ static void rng_task(int64_t task, void *arg) {
 }
 
 static df_status fill_random(const char *name, df_tensor *t, df_generator *g, rng_job j) {
-  if (df_tensor_has_overlap(t)) return df_error(DF_EINVAL, "%s: cannot fill an expanded tensor", name);
+  df_status st = df_check_inplace(name, t);
+  if (st) return st;
   if (!g) g = &default_gen;
   /* draw into a contiguous buffer so element order, not memory layout, picks the numbers */
   df_tensor *dst = t;
-  df_status st;
+  df_tensor_bump_version(t);
   if (!df_tensor_is_contiguous(t) && (st = df_tensor_empty(&dst, t->ndim, t->size))) return st;
   j.data = df_tensor_data(dst);
   j.numel = df_tensor_numel(t);

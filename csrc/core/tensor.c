@@ -245,6 +245,88 @@ static bool view_strides(const df_tensor *t, int ndim, const int64_t *size, int6
   return view_d == -1;
 }
 
+/* ---- autograd for views, clone, cat, stack ------------------------------ */
+
+/* Hands v to *out, first recording its node when t needs grad. */
+static df_status finish_view(df_tensor **out, df_tensor *v, const df_tensor *t, const char *name, df_backward_fn bw,
+                             const int64_t *iargs, int niargs) {
+  df_node *node;
+  const df_tensor *in[1] = {t};
+  df_status st = df_autograd_record(v, name, bw, 1, in, &node);
+  if (st) {
+    df_tensor_release(v);
+    return st;
+  }
+  for (int i = 0; node && i < niargs; i++) node->iarg[i] = iargs[i];
+  *out = v;
+  return DF_OK;
+}
+
+static df_status bw_reshape(df_node *n, const df_tensor *g, df_tensor **gi) {
+  return df_tensor_reshape(&gi[0], g, n->inputs[0].ndim, n->inputs[0].size);
+}
+
+static df_status bw_identity(df_node *n, const df_tensor *g, df_tensor **gi) {
+  (void)n;
+  df_tensor_retain((df_tensor *)g);
+  gi[0] = (df_tensor *)g;
+  return DF_OK;
+}
+
+static df_status bw_transpose(df_node *n, const df_tensor *g, df_tensor **gi) {
+  return df_tensor_transpose(&gi[0], g, (int)n->iarg[0], (int)n->iarg[1]);
+}
+
+static df_status bw_permute(df_node *n, const df_tensor *g, df_tensor **gi) {
+  int inverse[DF_MAX_DIMS];
+  for (int d = 0; d < g->ndim; d++) inverse[n->iarg[d]] = d;
+  return df_tensor_permute(&gi[0], g, inverse);
+}
+
+/* slice and select: the gradient is g placed in a zero tensor of the input's
+ * shape; iarg = {dim, start, stop, step, is_select} */
+static df_status bw_slice(df_node *n, const df_tensor *g, df_tensor **gi) {
+  df_tensor *z, *region;
+  df_status st = df_tensor_zeros(&z, n->inputs[0].ndim, n->inputs[0].size);
+  if (st) return st;
+  int dim = (int)n->iarg[0];
+  st = n->iarg[4] ? df_tensor_select(&region, z, dim, n->iarg[1])
+                  : df_tensor_slice(&region, z, dim, n->iarg[1], n->iarg[2], n->iarg[3]);
+  if (!st) {
+    st = df_tensor_copy_(region, g);
+    df_tensor_release(region);
+  }
+  if (st) {
+    df_tensor_release(z);
+    return st;
+  }
+  gi[0] = z;
+  return DF_OK;
+}
+
+static df_status bw_cat(df_node *n, const df_tensor *g, df_tensor **gi) {
+  int dim = (int)n->iarg[0];
+  int64_t at = 0;
+  for (int i = 0; i < n->ninputs; i++) {
+    int64_t len = n->inputs[i].size[dim];
+    if (df_node_needs_grad(n, i)) {
+      df_status st = df_tensor_narrow(&gi[i], g, dim, at, len);
+      if (st) return st;
+    }
+    at += len;
+  }
+  return DF_OK;
+}
+
+static df_status bw_stack(df_node *n, const df_tensor *g, df_tensor **gi) {
+  for (int i = 0; i < n->ninputs; i++) {
+    if (!df_node_needs_grad(n, i)) continue;
+    df_status st = df_tensor_select(&gi[i], g, (int)n->iarg[0], i);
+    if (st) return st;
+  }
+  return DF_OK;
+}
+
 df_status df_tensor_view(df_tensor **out, const df_tensor *t, int ndim, const int64_t *size) {
   int64_t resolved[DF_MAX_DIMS], stride[DF_MAX_DIMS];
   df_status st = infer_size("view", t, ndim, size, resolved);
@@ -261,8 +343,7 @@ df_status df_tensor_view(df_tensor **out, const df_tensor *t, int ndim, const in
     v->size[d] = resolved[d];
     v->stride[d] = stride[d];
   }
-  *out = v;
-  return DF_OK;
+  return finish_view(out, v, t, "view", bw_reshape, NULL, 0);
 }
 
 df_status df_tensor_reshape(df_tensor **out, const df_tensor *t, int ndim, const int64_t *size) {
@@ -286,8 +367,8 @@ df_status df_tensor_transpose(df_tensor **out, const df_tensor *t, int d0, int d
   v->size[d1] = t->size[d0];
   v->stride[d0] = t->stride[d1];
   v->stride[d1] = t->stride[d0];
-  *out = v;
-  return DF_OK;
+  int64_t dims[2] = {d0, d1};
+  return finish_view(out, v, t, "transpose", bw_transpose, dims, 2);
 }
 
 df_status df_tensor_permute(df_tensor **out, const df_tensor *t, const int *perm) {
@@ -301,12 +382,13 @@ df_status df_tensor_permute(df_tensor **out, const df_tensor *t, const int *perm
   df_tensor *v;
   df_status st = view_of(&v, t, "permute");
   if (st) return st;
+  int64_t dims[DF_MAX_DIMS];
   for (int d = 0; d < t->ndim; d++) {
     v->size[d] = t->size[perm[d]];
     v->stride[d] = t->stride[perm[d]];
+    dims[d] = perm[d];
   }
-  *out = v;
-  return DF_OK;
+  return finish_view(out, v, t, "permute", bw_permute, dims, t->ndim);
 }
 
 df_status df_tensor_slice(df_tensor **out, const df_tensor *t, int dim, int64_t start, int64_t stop, int64_t step) {
@@ -321,8 +403,8 @@ df_status df_tensor_slice(df_tensor **out, const df_tensor *t, int dim, int64_t 
   v->offset += start * t->stride[dim];
   v->size[dim] = (stop - start + step - 1) / step;
   v->stride[dim] = t->stride[dim] * step;
-  *out = v;
-  return DF_OK;
+  int64_t args[5] = {dim, start, stop, step, 0};
+  return finish_view(out, v, t, "slice", bw_slice, args, 5);
 }
 
 df_status df_tensor_narrow(df_tensor **out, const df_tensor *t, int dim, int64_t start, int64_t length) {
@@ -348,8 +430,8 @@ df_status df_tensor_select(df_tensor **out, const df_tensor *t, int dim, int64_t
     v->stride[d] = t->stride[d + 1];
   }
   v->ndim--;
-  *out = v;
-  return DF_OK;
+  int64_t args[5] = {dim, index, index + 1, 1, 1};
+  return finish_view(out, v, t, "select", bw_slice, args, 5);
 }
 
 df_status df_tensor_squeeze(df_tensor **out, const df_tensor *t, int dim) {
@@ -366,8 +448,7 @@ df_status df_tensor_squeeze(df_tensor **out, const df_tensor *t, int dim) {
     n++;
   }
   v->ndim = n;
-  *out = v;
-  return DF_OK;
+  return finish_view(out, v, t, "squeeze", bw_reshape, NULL, 0);
 }
 
 df_status df_tensor_unsqueeze(df_tensor **out, const df_tensor *t, int dim) {
@@ -383,8 +464,7 @@ df_status df_tensor_unsqueeze(df_tensor **out, const df_tensor *t, int dim) {
   v->size[dim] = 1;
   v->stride[dim] = dim < t->ndim ? t->stride[dim] * t->size[dim] : 1;
   v->ndim++;
-  *out = v;
-  return DF_OK;
+  return finish_view(out, v, t, "unsqueeze", bw_reshape, NULL, 0);
 }
 
 df_status df_tensor_expand(df_tensor **out, const df_tensor *t, int ndim, const int64_t *size) {
@@ -419,8 +499,7 @@ df_status df_tensor_expand(df_tensor **out, const df_tensor *t, int ndim, const 
   v->ndim = ndim;
   memcpy(v->size, new_size, sizeof(int64_t) * (size_t)ndim);
   memcpy(v->stride, new_stride, sizeof(int64_t) * (size_t)ndim);
-  *out = v;
-  return DF_OK;
+  return finish_view(out, v, t, "expand", bw_identity, NULL, 0); /* the engine sums g back to t's shape */
 }
 
 df_status df_tensor_contiguous(df_tensor **out, const df_tensor *t) {
@@ -568,22 +647,24 @@ static void fill_kernel(int64_t n, float *const *p, const int64_t *s, const void
 }
 
 df_status df_tensor_copy_(df_tensor *dst, const df_tensor *src) {
-  if (df_tensor_has_overlap(dst)) return df_error(DF_EINVAL, "copy: cannot write into an expanded tensor");
+  df_status st = df_check_inplace("copy_", dst);
+  if (st) return st;
   const df_tensor *ops[2] = {dst, src};
   df_iter it;
-  df_status st = df_iter_init(&it, "copy", 2, ops);
-  if (st) return st;
+  if ((st = df_iter_init(&it, "copy_", 2, ops))) return st;
   df_iter_run(&it, copy_kernel, NULL);
+  df_tensor_bump_version(dst);
   return DF_OK;
 }
 
 df_status df_tensor_fill_(df_tensor *t, float value) {
-  if (df_tensor_has_overlap(t)) return df_error(DF_EINVAL, "fill: cannot write into an expanded tensor");
+  df_status st = df_check_inplace("fill_", t);
+  if (st) return st;
   const df_tensor *ops[1] = {t};
   df_iter it;
-  df_status st = df_iter_init(&it, "fill", 1, ops);
-  if (st) return st;
+  if ((st = df_iter_init(&it, "fill_", 1, ops))) return st;
   df_iter_run(&it, fill_kernel, &value);
+  df_tensor_bump_version(t);
   return DF_OK;
 }
 
@@ -595,8 +676,7 @@ df_status df_tensor_clone(df_tensor **out, const df_tensor *t) {
     df_tensor_release(c);
     return st;
   }
-  *out = c;
-  return DF_OK;
+  return finish_view(out, c, t, "clone", bw_identity, NULL, 0);
 }
 
 static df_status element_offset(const char *op, const df_tensor *t, const int64_t *index, int64_t *offset) {
@@ -621,9 +701,11 @@ df_status df_tensor_get(const df_tensor *t, const int64_t *index, float *value) 
 
 df_status df_tensor_set(df_tensor *t, const int64_t *index, float value) {
   int64_t off;
-  df_status st = element_offset("set", t, index, &off);
-  if (st) return st;
+  df_status st;
+  if (df_needs_grad(t)) return df_check_inplace("set", t);
+  if ((st = element_offset("set", t, index, &off))) return st;
   t->storage->data[off] = value;
+  df_tensor_bump_version(t);
   return DF_OK;
 }
 
@@ -675,10 +757,12 @@ df_status df_cat(df_tensor **out, int n, const df_tensor *const *ts, int dim) {
     df_tensor_release(part);
     at += ts[i]->size[dim];
   }
-  if (st) {
+  df_node *node;
+  if (st || (st = df_autograd_record(r, "cat", bw_cat, n, ts, &node))) {
     df_tensor_release(r);
     return st;
   }
+  if (node) node->iarg[0] = dim;
   *out = r;
   return DF_OK;
 }
@@ -706,10 +790,12 @@ df_status df_stack(df_tensor **out, int n, const df_tensor *const *ts, int dim) 
     st = df_tensor_copy_(part, ts[i]);
     df_tensor_release(part);
   }
-  if (st) {
+  df_node *node;
+  if (st || (st = df_autograd_record(r, "stack", bw_stack, n, ts, &node))) {
     df_tensor_release(r);
     return st;
   }
+  if (node) node->iarg[0] = dim;
   *out = r;
   return DF_OK;
 }

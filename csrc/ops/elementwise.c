@@ -72,9 +72,53 @@ static df_status apply(const char *name, int nop, const df_tensor *const *ops, d
   return DF_OK;
 }
 
-static df_status check_writable(const char *name, const df_tensor *t) {
-  if (df_tensor_has_overlap(t))
-    return df_error(DF_EINVAL, "%s: cannot write in place into an expanded tensor (call contiguous first)", name);
+/* Gradients: gi = g * f'(x), written with x (the input) and y (the output),
+ * over the operands (gi, g, x, y). */
+#define UNARY_GRAD_KERNEL(name, expr)                                              \
+  static void name(int64_t n, float *const *p, const int64_t *s, const void *ctx) { \
+    (void)ctx;                                                                     \
+    for (int64_t i = 0; i < n; i++) {                                              \
+      float gv = p[1][i * s[1]], x = p[2][i * s[2]], y = p[3][i * s[3]];           \
+      (void)x;                                                                     \
+      (void)y;                                                                     \
+      p[0][i * s[0]] = (expr);                                                     \
+    }                                                                              \
+  }
+
+UNARY_GRAD_KERNEL(g_neg, -gv)
+UNARY_GRAD_KERNEL(g_abs, x > 0.0f ? gv : (x < 0.0f ? -gv : 0.0f))
+UNARY_GRAD_KERNEL(g_exp, gv * y)
+UNARY_GRAD_KERNEL(g_log, gv / x)
+UNARY_GRAD_KERNEL(g_sqrt, 0.5f * gv / y)
+UNARY_GRAD_KERNEL(g_rsqrt, -0.5f * gv * y * y * y)
+UNARY_GRAD_KERNEL(g_sin, gv * cosf(x))
+UNARY_GRAD_KERNEL(g_cos, -gv * sinf(x))
+UNARY_GRAD_KERNEL(g_tanh, gv * (1.0f - y * y))
+UNARY_GRAD_KERNEL(g_sigmoid, gv * y * (1.0f - y))
+UNARY_GRAD_KERNEL(g_relu, x > 0.0f ? gv : 0.0f)
+UNARY_GRAD_KERNEL(g_silu, gv * (sigmoidf(x) * (1.0f + x * (1.0f - sigmoidf(x)))))
+UNARY_GRAD_KERNEL(g_gelu, gv * (0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
+                                x * 0.39894228040143268f * expf(-0.5f * x * x)))
+
+static const df_iter_kernel unary_grad_kernels[DF_UNARY_COUNT] = {
+    g_neg, g_abs, g_exp, g_log, g_sqrt, g_rsqrt, g_sin, g_cos, g_tanh, g_sigmoid, g_relu, g_silu, g_gelu,
+};
+/* what each gradient reads: 1 = the input x, 2 = the output y */
+static const unsigned char unary_grad_reads[DF_UNARY_COUNT] = {0, 1, 2, 1, 2, 2, 1, 1, 2, 2, 1, 1, 1};
+
+/* saved[0] = x, saved[1] = y (when the gradient reads them); iarg[0] = op */
+static df_status bw_unary(df_node *n, const df_tensor *g, df_tensor **gi) {
+  df_unary_op op = (df_unary_op)n->iarg[0];
+  const df_tensor *x = n->saved[0] ? n->saved[0] : g, *y = n->saved[1] ? n->saved[1] : g;
+  df_tensor *r;
+  df_status st = df_tensor_empty(&r, g->ndim, g->size);
+  if (st) return st;
+  const df_tensor *ops[4] = {r, g, x, y};
+  if ((st = apply(df_unary_names[op], 4, ops, unary_grad_kernels[op], NULL))) {
+    df_tensor_release(r);
+    return st;
+  }
+  gi[0] = r;
   return DF_OK;
 }
 
@@ -85,15 +129,25 @@ df_status df_unary(df_unary_op op, df_tensor **out, const df_tensor *a) {
   if ((st = df_tensor_empty(&r, a->ndim, a->size))) return st;
   const df_tensor *ops[2] = {r, a};
   apply(df_unary_names[op], 2, ops, unary_kernels[op], NULL);
+  df_node *node;
+  if ((st = df_autograd_record(r, df_unary_names[op], bw_unary, 1, &a, &node)) ||
+      (node && (unary_grad_reads[op] & 1) && (st = df_node_save(node, 0, a))) ||
+      (node && (unary_grad_reads[op] & 2) && (st = df_node_save(node, 1, r)))) {
+    df_tensor_release(r);
+    return st;
+  }
+  if (node) node->iarg[0] = op;
   *out = r;
   return DF_OK;
 }
 
 df_status df_unary_(df_unary_op op, df_tensor *a) {
   df_status st = check_unary(op);
-  if (st || (st = check_writable(df_unary_names[op], a))) return st;
+  if (st || (st = df_check_inplace(df_unary_names[op], a))) return st;
   const df_tensor *ops[2] = {a, a};
-  return apply(df_unary_names[op], 2, ops, unary_kernels[op], NULL);
+  if ((st = apply(df_unary_names[op], 2, ops, unary_kernels[op], NULL))) return st;
+  df_tensor_bump_version(a);
+  return DF_OK;
 }
 
 /* ---- binary ------------------------------------------------------------- */
@@ -152,7 +206,7 @@ static df_status check_binary(df_binary_op op) {
   return DF_OK;
 }
 
-df_status df_binary(df_binary_op op, df_tensor **out, const df_tensor *a, const df_tensor *b) {
+static df_status binary_forward(df_binary_op op, df_tensor **out, const df_tensor *a, const df_tensor *b) {
   df_status st = check_binary(op);
   if (st) return st;
   int ndim;
@@ -162,6 +216,92 @@ df_status df_binary(df_binary_op op, df_tensor **out, const df_tensor *a, const 
   if ((st = df_tensor_empty(&r, ndim, size))) return st;
   const df_tensor *ops[3] = {r, a, b};
   apply(df_binary_names[op], 3, ops, binary_kernels[op], NULL);
+  *out = r;
+  return DF_OK;
+}
+
+/* d(a op b)/da and /db times g, over the operands (gi, g, a, b); ties of
+ * maximum/minimum split the gradient evenly, as PyTorch does. */
+typedef struct {
+  df_binary_op op;
+  int which; /* 0: gradient for a, 1: for b */
+} binary_grad_ctx;
+
+#define GRAD_LOOP(expr)                                                   \
+  for (int64_t i = 0; i < n; i++) {                                       \
+    float gv = p[1][i * s[1]], x = p[2][i * s[2]], y = p[3][i * s[3]];    \
+    (void)gv, (void)x;                                                    \
+    (void)y;                                                              \
+    p[0][i * s[0]] = (expr);                                              \
+  }                                                                       \
+  break;
+
+static void k_binary_grad(int64_t n, float *const *p, const int64_t *s, const void *ctx) {
+  const binary_grad_ctx *c = ctx;
+  switch (c->op * 2 + c->which) {
+  case DF_ADD * 2: case DF_ADD * 2 + 1: case DF_SUB * 2: GRAD_LOOP(gv)
+  case DF_SUB * 2 + 1: GRAD_LOOP(-gv)
+  case DF_MUL * 2: GRAD_LOOP(gv * y)
+  case DF_MUL * 2 + 1: GRAD_LOOP(gv * x)
+  case DF_DIV * 2: GRAD_LOOP(gv / y)
+  case DF_DIV * 2 + 1: GRAD_LOOP(-gv * x / (y * y))
+  case DF_POW * 2: GRAD_LOOP(y == 0.0f ? 0.0f : gv * y * powf(x, y - 1.0f))
+  case DF_POW * 2 + 1: GRAD_LOOP(x == 0.0f && y >= 0.0f ? 0.0f : gv * powf(x, y) * logf(x))
+  case DF_MAXIMUM * 2: GRAD_LOOP(x > y ? gv : (x == y ? 0.5f * gv : 0.0f))
+  case DF_MAXIMUM * 2 + 1: GRAD_LOOP(y > x ? gv : (x == y ? 0.5f * gv : 0.0f))
+  case DF_MINIMUM * 2: GRAD_LOOP(x < y ? gv : (x == y ? 0.5f * gv : 0.0f))
+  case DF_MINIMUM * 2 + 1: GRAD_LOOP(y < x ? gv : (x == y ? 0.5f * gv : 0.0f))
+  default: GRAD_LOOP(0.0f) /* comparisons: never recorded */
+  }
+}
+
+/* The gradient for input `which` of a op b, in g's (broadcast) shape. */
+static df_status binary_grad(df_binary_op op, int which, const df_tensor *g, const df_tensor *a, const df_tensor *b,
+                             df_tensor **gi) {
+  if (op == DF_ADD || (op == DF_SUB && which == 0)) { /* g itself */
+    df_tensor_retain((df_tensor *)g);
+    *gi = (df_tensor *)g;
+    return DF_OK;
+  }
+  df_tensor *r;
+  df_status st = df_tensor_empty(&r, g->ndim, g->size);
+  if (st) return st;
+  binary_grad_ctx c = {op, which};
+  const df_tensor *ops[4] = {r, g, a, b};
+  if ((st = apply(df_binary_names[op], 4, ops, k_binary_grad, &c))) {
+    df_tensor_release(r);
+    return st;
+  }
+  *gi = r;
+  return DF_OK;
+}
+
+static bool is_differentiable(df_binary_op op) { return op <= DF_MINIMUM; }
+
+/* saved[0] = a, saved[1] = b; iarg[0] = op */
+static df_status bw_binary(df_node *n, const df_tensor *g, df_tensor **gi) {
+  df_binary_op op = (df_binary_op)n->iarg[0];
+  df_status st = DF_OK;
+  for (int which = 0; which < 2 && !st; which++)
+    if (df_node_needs_grad(n, which)) st = binary_grad(op, which, g, n->saved[0], n->saved[1], &gi[which]);
+  return st;
+}
+
+df_status df_binary(df_binary_op op, df_tensor **out, const df_tensor *a, const df_tensor *b) {
+  df_tensor *r;
+  df_status st = binary_forward(op, &r, a, b);
+  if (st || !is_differentiable(op)) {
+    if (!st) *out = r;
+    return st;
+  }
+  const df_tensor *in[2] = {a, b};
+  df_node *node;
+  if ((st = df_autograd_record(r, df_binary_names[op], bw_binary, 2, in, &node)) ||
+      (node && ((st = df_node_save(node, 0, a)) || (st = df_node_save(node, 1, b))))) {
+    df_tensor_release(r);
+    return st;
+  }
+  if (node) node->iarg[0] = op;
   *out = r;
   return DF_OK;
 }
@@ -178,7 +318,7 @@ static bool aliases_differently(const df_tensor *a, const df_tensor *b) {
 
 df_status df_binary_(df_binary_op op, df_tensor *a, const df_tensor *b) {
   df_status st = check_binary(op);
-  if (st || (st = check_writable(df_binary_names[op], a))) return st;
+  if (st || (st = df_check_inplace(df_binary_names[op], a))) return st;
   int ndim;
   int64_t size[DF_MAX_DIMS];
   if ((st = df_broadcast_shape(df_binary_names[op], a->ndim, a->size, b->ndim, b->size, &ndim, size))) return st;
@@ -189,12 +329,16 @@ df_status df_binary_(df_binary_op op, df_tensor *a, const df_tensor *b) {
   }
   df_tensor *copy = NULL;
   if (aliases_differently(a, b)) {
-    if ((st = df_tensor_clone(&copy, b))) return st;
+    bool previous = df_set_grad_enabled(false);
+    st = df_tensor_clone(&copy, b);
+    df_set_grad_enabled(previous);
+    if (st) return st;
     b = copy;
   }
   const df_tensor *ops[3] = {a, a, b};
   st = apply(df_binary_names[op], 3, ops, binary_kernels[op], NULL);
   df_tensor_release(copy);
+  if (!st) df_tensor_bump_version(a);
   return st;
 }
 
@@ -214,10 +358,36 @@ static const df_tensor *scalar_init(scalar_tensor *s, float v) {
   return &s->tensor;
 }
 
+/* scalar[0] = the number, iarg[0] = op, iarg[1] = scalar_first; saved[0] = a */
+static df_status bw_binary_scalar(df_node *n, const df_tensor *g, df_tensor **gi) {
+  scalar_tensor tmp;
+  const df_tensor *s = scalar_init(&tmp, (float)n->scalar[0]);
+  bool first = n->iarg[1];
+  return binary_grad((df_binary_op)n->iarg[0], first ? 1 : 0, g, first ? s : n->saved[0], first ? n->saved[0] : s, &gi[0]);
+}
+
 df_status df_binary_scalar(df_binary_op op, df_tensor **out, const df_tensor *a, float s, bool scalar_first) {
   scalar_tensor tmp;
   const df_tensor *b = scalar_init(&tmp, s);
-  return scalar_first ? df_binary(op, out, b, a) : df_binary(op, out, a, b);
+  df_tensor *r;
+  df_status st = scalar_first ? binary_forward(op, &r, b, a) : binary_forward(op, &r, a, b);
+  if (st || !is_differentiable(op)) {
+    if (!st) *out = r;
+    return st;
+  }
+  df_node *node;
+  if ((st = df_autograd_record(r, df_binary_names[op], bw_binary_scalar, 1, &a, &node)) ||
+      (node && (st = df_node_save(node, 0, a)))) {
+    df_tensor_release(r);
+    return st;
+  }
+  if (node) {
+    node->iarg[0] = op;
+    node->iarg[1] = scalar_first;
+    node->scalar[0] = s;
+  }
+  *out = r;
+  return DF_OK;
 }
 
 df_status df_binary_scalar_(df_binary_op op, df_tensor *a, float s) {
@@ -247,6 +417,30 @@ static df_status check_bounds(float lo, float hi) {
   return DF_OK;
 }
 
+/* gradient passes where lo <= x <= hi; operands (gi, g, x) */
+static void k_clamp_grad(int64_t n, float *const *p, const int64_t *s, const void *ctx) {
+  const clamp_bounds *c = ctx;
+  for (int64_t i = 0; i < n; i++) {
+    float x = p[2][i * s[2]];
+    p[0][i * s[0]] = x >= c->lo && x <= c->hi ? p[1][i * s[1]] : 0.0f;
+  }
+}
+
+/* saved[0] = x, scalar = {lo, hi} */
+static df_status bw_clamp(df_node *n, const df_tensor *g, df_tensor **gi) {
+  df_tensor *r;
+  df_status st = df_tensor_empty(&r, g->ndim, g->size);
+  if (st) return st;
+  clamp_bounds c = {(float)n->scalar[0], (float)n->scalar[1]};
+  const df_tensor *ops[3] = {r, g, n->saved[0]};
+  if ((st = apply("clamp", 3, ops, k_clamp_grad, &c))) {
+    df_tensor_release(r);
+    return st;
+  }
+  gi[0] = r;
+  return DF_OK;
+}
+
 df_status df_clamp(df_tensor **out, const df_tensor *a, float lo, float hi) {
   df_status st = check_bounds(lo, hi);
   if (st) return st;
@@ -255,22 +449,43 @@ df_status df_clamp(df_tensor **out, const df_tensor *a, float lo, float hi) {
   clamp_bounds c = {lo, hi};
   const df_tensor *ops[2] = {r, a};
   apply("clamp", 2, ops, k_clamp, &c);
+  df_node *node;
+  if ((st = df_autograd_record(r, "clamp", bw_clamp, 1, &a, &node)) || (node && (st = df_node_save(node, 0, a)))) {
+    df_tensor_release(r);
+    return st;
+  }
+  if (node) {
+    node->scalar[0] = lo;
+    node->scalar[1] = hi;
+  }
   *out = r;
   return DF_OK;
 }
 
 df_status df_clamp_(df_tensor *a, float lo, float hi) {
   df_status st = check_bounds(lo, hi);
-  if (st || (st = check_writable("clamp_", a))) return st;
+  if (st || (st = df_check_inplace("clamp_", a))) return st;
   clamp_bounds c = {lo, hi};
   const df_tensor *ops[2] = {a, a};
-  return apply("clamp_", 2, ops, k_clamp, &c);
+  if ((st = apply("clamp_", 2, ops, k_clamp, &c))) return st;
+  df_tensor_bump_version(a);
+  return DF_OK;
 }
 
 static void k_where(int64_t n, float *const *p, const int64_t *s, const void *ctx) {
   (void)ctx;
   for (int64_t i = 0; i < n; i++)
     p[0][i * s[0]] = p[1][i * s[1]] != 0.0f ? p[2][i * s[2]] : p[3][i * s[3]];
+}
+
+/* saved[0] = cond: the gradient goes to a where cond holds, else to b */
+static df_status bw_where(df_node *n, const df_tensor *g, df_tensor **gi) {
+  scalar_tensor zero;
+  const df_tensor *z = scalar_init(&zero, 0.0f);
+  df_status st = DF_OK;
+  if (df_node_needs_grad(n, 0)) st = df_where(&gi[0], n->saved[0], g, z);
+  if (!st && df_node_needs_grad(n, 1)) st = df_where(&gi[1], n->saved[0], z, g);
+  return st;
 }
 
 df_status df_where(df_tensor **out, const df_tensor *cond, const df_tensor *a, const df_tensor *b) {
@@ -284,6 +499,12 @@ df_status df_where(df_tensor **out, const df_tensor *cond, const df_tensor *a, c
   if ((st = df_tensor_empty(&r, n2, s2))) return st;
   const df_tensor *ops[4] = {r, cond, a, b};
   apply("where", 4, ops, k_where, NULL);
+  const df_tensor *in[2] = {a, b};
+  df_node *node;
+  if ((st = df_autograd_record(r, "where", bw_where, 2, in, &node)) || (node && (st = df_node_save(node, 0, cond)))) {
+    df_tensor_release(r);
+    return st;
+  }
   *out = r;
   return DF_OK;
 }

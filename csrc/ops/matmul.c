@@ -44,7 +44,7 @@ static df_status blas_ready(const df_tensor *t, df_tensor **usable, CBLAS_TRANSP
   return DF_OK;
 }
 
-df_status df_matmul(df_tensor **out, const df_tensor *a_in, const df_tensor *b_in) {
+static df_status matmul_forward(df_tensor **out, const df_tensor *a_in, const df_tensor *b_in) {
   if (a_in->ndim < 1 || b_in->ndim < 1) return df_error(DF_EINVAL, "matmul: expected tensors of at least 1 dim, got 0-d");
   df_tensor *a = NULL, *b = NULL, *r = NULL, *av = NULL, *bv = NULL;
   df_status st;
@@ -114,6 +114,58 @@ done:
   df_tensor_release(av);
   df_tensor_release(bv);
   if (st) {
+    df_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return DF_OK;
+}
+
+/* saved[0] = a, saved[1] = b. With G the gradient as (..., n, m) matrices:
+ * dA = G · Bᵀ and dB = Aᵀ · G; vectors were a 1 x k row or a k x 1 column. */
+static df_status bw_matmul(df_node *n, const df_tensor *g, df_tensor **gi) {
+  const df_tensor *a = n->saved[0], *b = n->saved[1];
+  bool a_vec = a->ndim == 1, b_vec = b->ndim == 1;
+  df_tensor *A = NULL, *B = NULL, *G = NULL, *G1 = NULL, *T = NULL, *R = NULL;
+  df_status st = DF_OK;
+  if (a_vec ? (st = df_tensor_unsqueeze(&A, a, 0)) : (df_tensor_retain((df_tensor *)a), A = (df_tensor *)a, DF_OK)) goto done;
+  if (b_vec ? (st = df_tensor_unsqueeze(&B, b, 1)) : (df_tensor_retain((df_tensor *)b), B = (df_tensor *)b, DF_OK)) goto done;
+  if (a_vec ? (st = df_tensor_unsqueeze(&G1, g, g->ndim - (b_vec ? 0 : 1))) : (df_tensor_retain((df_tensor *)g), G1 = (df_tensor *)g, DF_OK)) goto done;
+  if (b_vec ? (st = df_tensor_unsqueeze(&G, G1, G1->ndim)) : (df_tensor_retain(G1), G = G1, DF_OK)) goto done;
+  if (df_node_needs_grad(n, 0)) {
+    if ((st = df_tensor_transpose(&T, B, B->ndim - 2, B->ndim - 1)) || (st = matmul_forward(&gi[0], G, T))) goto done;
+    df_tensor_release(T);
+    T = NULL;
+  }
+  if (df_node_needs_grad(n, 1)) {
+    if ((st = df_tensor_transpose(&T, A, A->ndim - 2, A->ndim - 1)) || (st = matmul_forward(&R, T, G))) goto done;
+    if (b_vec) { /* (..., k, 1) -> (..., k) */
+      st = df_tensor_squeeze(&gi[1], R, R->ndim - 1);
+    } else {
+      gi[1] = R;
+      R = NULL;
+    }
+  }
+done:
+  df_tensor_release(A);
+  df_tensor_release(B);
+  df_tensor_release(G);
+  df_tensor_release(G1);
+  df_tensor_release(T);
+  df_tensor_release(R);
+  return st;
+}
+
+df_status df_matmul(df_tensor **out, const df_tensor *a, const df_tensor *b) {
+  bool previous = df_set_grad_enabled(false);
+  df_tensor *r;
+  df_status st = matmul_forward(&r, a, b);
+  df_set_grad_enabled(previous);
+  if (st) return st;
+  const df_tensor *in[2] = {a, b};
+  df_node *node;
+  if ((st = df_autograd_record(r, "matmul", bw_matmul, 2, in, &node)) ||
+      (node && ((st = df_node_save(node, 0, a)) || (st = df_node_save(node, 1, b))))) {
     df_tensor_release(r);
     return st;
   }

@@ -140,8 +140,8 @@ static void run_partials(const rows_t *r, int kind, const double *mean, double *
   df_parallel_for((j.items + j.items_per_task - 1) / j.items_per_task, partial_task, &j);
 }
 
-df_status df_reduce(df_reduce_op op, df_tensor **out, const df_tensor *a, int ndims, const int *dims, bool keepdim,
-                    int correction) {
+static df_status reduce_forward(df_reduce_op op, df_tensor **out, const df_tensor *a, int ndims, const int *dims,
+                                bool keepdim, int correction) {
   if ((unsigned)op >= DF_REDUCE_COUNT) return df_error(DF_EINVAL, "reduce: unknown op %d", (int)op);
   const char *name = df_reduce_names[op];
   rows_t r;
@@ -228,8 +228,8 @@ static void arg_task(int64_t task, void *arg) {
   }
 }
 
-df_status df_argreduce(df_reduce_op op, df_tensor **values, df_tensor **indices, const df_tensor *a, int dim,
-                       bool keepdim, int index_base) {
+static df_status argreduce_forward(df_reduce_op op, df_tensor **values, df_tensor **indices, const df_tensor *a,
+                                   int dim, bool keepdim, int index_base) {
   if (op != DF_MAX && op != DF_MIN) return df_error(DF_EINVAL, "argreduce: op must be max or min");
   const char *name = op == DF_MAX ? "argmax" : "argmin";
   rows_t r;
@@ -259,4 +259,127 @@ fail:
   df_tensor_release(v);
   df_tensor_release(ix);
   return st;
+}
+
+/* ---- autograd ------------------------------------------------------------
+ * iarg = {op, ndims, keepdim, correction, dims...}; saved[0] = the input,
+ * saved[1] = the result (for std, max, min). */
+
+/* t, shaped like the result, viewed with the reduced dims kept as size 1. */
+static df_status keepdim_view(const df_node *n, const df_tensor *t, df_tensor **out) {
+  const df_edge *in = &n->inputs[0];
+  int ndims = (int)n->iarg[1];
+  int64_t size[DF_MAX_DIMS];
+  for (int d = 0; d < in->ndim; d++) {
+    bool reduced = ndims == 0;
+    for (int i = 0; i < ndims; i++) reduced |= n->iarg[4 + i] == d;
+    size[d] = reduced ? 1 : in->size[d];
+  }
+  return df_tensor_reshape(out, t, in->ndim, size);
+}
+
+static df_status bw_reduce(df_node *n, const df_tensor *g, df_tensor **gi) {
+  df_reduce_op op = (df_reduce_op)n->iarg[0];
+  const df_edge *in = &n->inputs[0];
+  int ndims = (int)n->iarg[1], dims[DF_MAX_DIMS];
+  for (int i = 0; i < ndims; i++) dims[i] = (int)n->iarg[4 + i];
+  int64_t count = 1;
+  for (int d = 0; d < in->ndim; d++) {
+    bool reduced = ndims == 0;
+    for (int i = 0; i < ndims; i++) reduced |= dims[i] == d;
+    if (reduced) count *= in->size[d];
+  }
+  df_tensor *gk = NULL, *t1 = NULL, *t2 = NULL, *t3 = NULL, *r = NULL;
+  df_status st = keepdim_view(n, g, &gk);
+  if (st) return st;
+  const df_tensor *x = n->saved[0];
+  switch (op) {
+  case DF_SUM:
+    st = df_tensor_expand(&r, gk, in->ndim, in->size);
+    break;
+  case DF_MEAN:
+    if (!(st = df_binary_scalar(DF_MUL, &t1, gk, 1.0f / (float)count, false))) st = df_tensor_expand(&r, t1, in->ndim, in->size);
+    break;
+  case DF_VAR:
+  case DF_STD: { /* d var = 2 (x - mean) / (N - c);  d std = d var / (2 std) */
+    float denom = (float)(count - n->iarg[3]);
+    if ((st = df_reduce(DF_MEAN, &t1, x, ndims, dims, true, 0)) || (st = df_binary(DF_SUB, &t2, x, t1))) break;
+    df_tensor_release(t1);
+    t1 = NULL;
+    if (op == DF_VAR) {
+      if (!(st = df_binary_scalar(DF_MUL, &t1, gk, 2.0f / denom, false))) st = df_binary(DF_MUL, &r, t2, t1);
+    } else {
+      if ((st = keepdim_view(n, n->saved[1], &t3)) || (st = df_binary(DF_DIV, &t1, gk, t3))) break;
+      df_tensor_release(t3);
+      t3 = NULL;
+      if (!(st = df_binary_scalar(DF_MUL, &t3, t1, 1.0f / denom, false))) st = df_binary(DF_MUL, &r, t2, t3);
+    }
+    break;
+  }
+  default: { /* max, min: shared evenly by the positions holding the extreme */
+    if ((st = keepdim_view(n, n->saved[1], &t1)) || (st = df_binary(DF_EQ, &t2, x, t1))) break;
+    df_tensor_release(t1);
+    t1 = NULL;
+    if ((st = df_reduce(DF_SUM, &t1, t2, ndims, dims, true, 0)) || (st = df_binary(DF_DIV, &t3, gk, t1))) break;
+    st = df_binary(DF_MUL, &r, t2, t3);
+    break;
+  }
+  }
+  df_tensor_release(gk);
+  df_tensor_release(t1);
+  df_tensor_release(t2);
+  df_tensor_release(t3);
+  if (st) {
+    df_tensor_release(r);
+    return st;
+  }
+  gi[0] = r;
+  return DF_OK;
+}
+
+static df_status record_reduce(df_tensor *r, df_reduce_op op, const df_tensor *a, int ndims, const int *dims,
+                               bool keepdim, int correction) {
+  df_node *node;
+  df_status st = df_autograd_record(r, df_reduce_names[op], bw_reduce, 1, &a, &node);
+  if (st || !node) return st;
+  node->iarg[0] = op;
+  node->iarg[1] = ndims;
+  node->iarg[2] = keepdim;
+  node->iarg[3] = correction;
+  for (int i = 0; i < ndims; i++) node->iarg[4 + i] = dims[i];
+  if (op != DF_SUM && op != DF_MEAN && (st = df_node_save(node, 0, a))) return st;
+  if ((op == DF_STD || op == DF_MAX || op == DF_MIN) && (st = df_node_save(node, 1, r))) return st;
+  return DF_OK;
+}
+
+df_status df_reduce(df_reduce_op op, df_tensor **out, const df_tensor *a, int ndims, const int *dims, bool keepdim,
+                    int correction) {
+  bool previous = df_set_grad_enabled(false); /* the internal views are not part of the graph */
+  df_tensor *r;
+  df_status st = reduce_forward(op, &r, a, ndims, dims, keepdim, correction);
+  df_set_grad_enabled(previous);
+  if (st) return st;
+  if ((st = record_reduce(r, op, a, ndims, dims, keepdim, correction))) {
+    df_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return DF_OK;
+}
+
+df_status df_argreduce(df_reduce_op op, df_tensor **values, df_tensor **indices, const df_tensor *a, int dim,
+                       bool keepdim, int index_base) {
+  bool previous = df_set_grad_enabled(false);
+  df_tensor *v = NULL, *ix = NULL;
+  df_status st = argreduce_forward(op, values ? &v : NULL, indices ? &ix : NULL, a, dim, keepdim, index_base);
+  df_set_grad_enabled(previous);
+  if (st) return st;
+  if (v && (st = record_reduce(v, op, a, dim < 0 ? 0 : 1, &dim, keepdim, 0))) {
+    df_tensor_release(v);
+    df_tensor_release(ix);
+    return st;
+  }
+  if (values) *values = v;
+  if (indices) *indices = ix;
+  return DF_OK;
 }
