@@ -491,6 +491,22 @@ describe("in-place binary ops", function()
     assert.are.same({ { 10, -11, 12 }, { 23, 24, 25 } }, x:totable())
   end)
 
+  it("are no-ops on zero-size tensors", function()
+    local x = D.zeros(0, 3)
+    assert.is_true(rawequal(x:add_(1), x))
+    assert.is_true(rawequal(x:mul_(D.ones(3)), x))
+    assert_shape(x, { 0, 3 })
+    for _, shape in ipairs { { 3, 0 }, { 2, 0, 3 } } do
+      local y = D.zeros(shape)
+      assert.is_true(rawequal(y:add_(1), y))
+      assert.is_true(rawequal(y:sub_(D.zeros(shape)), y))
+      assert.is_true(rawequal(y:exp_(), y))
+      assert.is_true(rawequal(y:clamp_(0, 1), y))
+      assert_shape(y, shape)
+      assert.are.equal(0, y:numel())
+    end
+  end)
+
   it("refuse to write into an expanded tensor", function()
     local e = D.zeros(3):expand(2, 3)
     local ok, err = pcall(e.add_, e, 1)

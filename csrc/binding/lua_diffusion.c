@@ -804,6 +804,7 @@ static int l_zero_(lua_State *L) {
 /* D.cat({a, b, ...} [, dim]), D.stack({a, b, ...} [, dim]) */
 static int join(lua_State *L, bool stack) {
   luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2); /* the optional dim stays at 2, scratch goes above */
   int n = (int)luaL_len(L, 1);
   if (n < 1) return luaL_argerror(L, 1, "expected a non-empty list of tensors");
   /* the array of pointers lives in a userdata, so an error frees it */
@@ -962,8 +963,9 @@ static int l_argreduce(lua_State *L) {
   df_reduce_op op = (df_reduce_op)lua_tointeger(L, lua_upvalueindex(1));
   df_tensor *x = check_tensor(L, 1);
   int dim = opt_dim(L, 2, x->ndim, -1);
+  bool keepdim = lua_toboolean(L, 3);
   df_tensor **slot = new_slot(L);
-  return result(L, df_argreduce(op, NULL, slot, x, dim, lua_toboolean(L, 3), 1));
+  return result(L, df_argreduce(op, NULL, slot, x, dim, keepdim, 1));
 }
 
 static int l_matmul(lua_State *L) {

@@ -67,7 +67,12 @@ static df_status matmul_forward(df_tensor **out, const df_tensor *a_in, const df
   }
   int nb;
   int64_t size[DF_MAX_DIMS];
-  if ((st = df_broadcast_shape("matmul", A->ndim - 2, A->size, B->ndim - 2, B->size, &nb, size))) goto done;
+  if (df_broadcast_shape("matmul", A->ndim - 2, A->size, B->ndim - 2, B->size, &nb, size)) {
+    char b1[128], b2[128];
+    st = df_error(DF_EINVAL, "matmul: batch dims of shapes %s and %s cannot broadcast",
+                  df_format_shape(b1, sizeof b1, a_in->ndim, a_in->size), df_format_shape(b2, sizeof b2, b_in->ndim, b_in->size));
+    goto done;
+  }
   if (nb + 2 > DF_MAX_DIMS) {
     st = df_error(DF_EINVAL, "matmul: result would have more than %d dims", DF_MAX_DIMS);
     goto done;
