@@ -227,6 +227,66 @@ df_status df_rand_(df_tensor *t, df_generator *g, float lo, float hi);
 df_status df_randn_(df_tensor *t, df_generator *g, float mean, float std);
 df_status df_randint_(df_tensor *t, df_generator *g, int64_t lo, int64_t hi);
 
+/* ---- neural-network ops (ops/nn.c, ops/conv.c, ops/loss.c, ops/optim.c) --
+ * Each records its node for autograd like the ops above. Class indices and
+ * embedding indices are 0-based floats here (the binding takes 1-based). */
+
+/* x (..., in), w (out, in), b (out) or NULL -> (..., out) */
+df_status df_linear(df_tensor **out, const df_tensor *x, const df_tensor *w, const df_tensor *b);
+
+typedef struct {
+  int stride[2], padding[2], dilation[2]; /* (h, w) */
+  int groups;
+} df_conv2d_params;
+/* x (N, C, H, W), w (O, C / groups, kh, kw), b (O) or NULL -> (N, O, H', W') */
+df_status df_conv2d(df_tensor **out, const df_tensor *x, const df_tensor *w, const df_tensor *b,
+                    const df_conv2d_params *p);
+/* x (N, C, H, W); kernel, stride, padding as (h, w); padded cells count as zeros
+ * in the average (count_include_pad, PyTorch's default) */
+df_status df_avg_pool2d(df_tensor **out, const df_tensor *x, const int kernel[2], const int stride[2],
+                        const int padding[2]);
+/* x (N, C, H, W) -> (N, C, H * scale[0], W * scale[1]) */
+df_status df_upsample_nearest2d(df_tensor **out, const df_tensor *x, const int scale[2]);
+
+/* x (N, C, ...) normalised over each of `groups` channel groups; w, b (C) or NULL */
+df_status df_group_norm(df_tensor **out, const df_tensor *x, int groups, const df_tensor *w, const df_tensor *b,
+                        float eps);
+/* x normalised over its last `nlast` dims; w, b of those dims' shape or NULL */
+df_status df_layer_norm(df_tensor **out, const df_tensor *x, int nlast, const df_tensor *w, const df_tensor *b,
+                        float eps);
+df_status df_softmax(df_tensor **out, const df_tensor *x, int dim);
+df_status df_log_softmax(df_tensor **out, const df_tensor *x, int dim);
+/* q (B, H, Nq, d), k (B, H, Nk, d), v (B, H, Nk, dv) -> (B, H, Nq, dv);
+ * mask broadcastable to (B, H, Nq, Nk), nonzero = may attend, or NULL;
+ * scale <= 0 means 1 / sqrt(d). */
+df_status df_scaled_dot_product_attention(df_tensor **out, const df_tensor *q, const df_tensor *k, const df_tensor *v,
+                                          const df_tensor *mask, float scale);
+/* zeroes elements with probability p and scales the rest by 1 / (1 - p); identity when !train */
+df_status df_dropout(df_tensor **out, const df_tensor *x, float p, bool train, df_generator *g);
+/* indices (any shape, 0-based integer values), weight (num, dim) -> (..., dim) */
+df_status df_embedding(df_tensor **out, const df_tensor *indices, const df_tensor *weight);
+/* t (N) -> (N, dim): [sin(t f_0) .. sin(t f_{h-1}), cos(t f_0) .. cos(t f_{h-1})],
+ * f_i = max_period^(-i / h), h = dim / 2 (a zero column pads an odd dim). No gradient. */
+df_status df_timestep_embedding(df_tensor **out, const df_tensor *t, int dim, float max_period);
+
+/* Losses, averaged to a 0-d tensor. */
+/* mean((pred - target)^2); weight (N) or NULL weighs each sample (dim 1) */
+df_status df_mse_loss(df_tensor **out, const df_tensor *pred, const df_tensor *target, const df_tensor *weight);
+df_status df_l1_loss(df_tensor **out, const df_tensor *pred, const df_tensor *target);
+df_status df_bce_with_logits(df_tensor **out, const df_tensor *logits, const df_tensor *target);
+/* logits (N, C), target (N) of class indices in [0, C) */
+df_status df_cross_entropy(df_tensor **out, const df_tensor *logits, const df_tensor *target, float label_smoothing);
+
+/* Optimizer updates, in place on parameters (no autograd; bump versions). */
+/* buf may be NULL when momentum == 0; first: buf is initialised from the gradient */
+df_status df_sgd_step(df_tensor *param, const df_tensor *grad, df_tensor *buf, float lr, float momentum,
+                      float dampening, float weight_decay, bool nesterov, bool first);
+/* step counts from 1; decoupled: AdamW's weight decay, else Adam's L2 */
+df_status df_adam_step(df_tensor *param, const df_tensor *grad, df_tensor *m, df_tensor *v, int64_t step, float lr,
+                       float beta1, float beta2, float eps, float weight_decay, bool decoupled);
+/* a += w * (b - a): EMA updates */
+df_status df_lerp_(df_tensor *a, const df_tensor *b, float w);
+
 /* ---- autograd (autograd/engine.c) --------------------------------------
  *
  * An op whose input requires grad (while grad mode is on) records a node on

@@ -16,37 +16,32 @@
 #include <lua.h>
 
 #include "../df.h"
+#include "binding.h"
 
-#define TENSOR_MT "diffusion.Tensor"
-#define GENERATOR_MT "diffusion.Generator"
 
 /* ---- tensor userdata ---------------------------------------------------- */
 
-typedef struct {
-  df_tensor *t; /* NULL once closed, or before the core filled it */
-} tensor_box;
-
 /* Pushes an empty tensor userdata; the core fills *slot on success. */
-static df_tensor **new_slot(lua_State *L) {
+df_tensor **new_slot(lua_State *L) {
   tensor_box *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->t = NULL;
   luaL_setmetatable(L, TENSOR_MT);
   return &box->t;
 }
 
-static df_tensor *check_tensor(lua_State *L, int arg) {
+df_tensor *check_tensor(lua_State *L, int arg) {
   tensor_box *box = luaL_checkudata(L, arg, TENSOR_MT);
   if (!box->t) luaL_argerror(L, arg, "tensor is closed");
   return box->t;
 }
 
-static df_tensor *test_tensor(lua_State *L, int arg) {
+df_tensor *test_tensor(lua_State *L, int arg) {
   tensor_box *box = luaL_testudata(L, arg, TENSOR_MT);
   if (box && !box->t) luaL_argerror(L, arg, "tensor is closed");
   return box ? box->t : NULL;
 }
 
-static int fail(lua_State *L) { return luaL_error(L, "%s", df_last_error()); }
+int fail(lua_State *L) { return luaL_error(L, "%s", df_last_error()); }
 
 /* Lua's GC sees a tensor as a few bytes of userdata; the storage behind it
  * can be megabytes. So the binding collects on its own schedule: whenever
@@ -57,7 +52,7 @@ static int fail(lua_State *L) { return luaL_error(L, "%s", df_last_error()); }
 #define GC_MIN_BYTES ((size_t)16 << 20)
 static size_t gc_allocated_mark, gc_live_after;
 
-static void account_memory(lua_State *L) {
+void account_memory(lua_State *L) {
   size_t since = df_allocated_bytes() - gc_allocated_mark;
   if (since <= GC_MIN_BYTES || since <= gc_live_after) return;
   lua_gc(L, LUA_GCCOLLECT);
@@ -66,19 +61,19 @@ static void account_memory(lua_State *L) {
 }
 
 /* Ends a function whose result slot is on top of the stack. */
-static int result(lua_State *L, df_status st) {
+int result(lua_State *L, df_status st) {
   if (st) return fail(L);
   account_memory(L);
   return 1;
 }
 
-static float check_float(lua_State *L, int arg) { return (float)luaL_checknumber(L, arg); }
+float check_float(lua_State *L, int arg) { return (float)luaL_checknumber(L, arg); }
 
-static int64_t check_int(lua_State *L, int arg) { return (int64_t)luaL_checkinteger(L, arg); }
+int64_t check_int(lua_State *L, int arg) { return (int64_t)luaL_checkinteger(L, arg); }
 
 /* A 1-based dim (negative from the end) to a 0-based one; `extra` is 1 when
  * the dim may also be one past the end (unsqueeze, stack). */
-static int check_dim(lua_State *L, int arg, int ndim, int extra) {
+int check_dim(lua_State *L, int arg, int ndim, int extra) {
   int64_t d = check_int(L, arg), n = ndim + extra;
   if (d < 0) d += n + 1;
   if (d < 1 || d > n) {
@@ -88,12 +83,12 @@ static int check_dim(lua_State *L, int arg, int ndim, int extra) {
   return (int)(d - 1);
 }
 
-static int opt_dim(lua_State *L, int arg, int ndim, int def) {
+int opt_dim(lua_State *L, int arg, int ndim, int def) {
   return lua_isnoneornil(L, arg) ? def : check_dim(L, arg, ndim, 0);
 }
 
 /* A 1-based position (negative from the end) along a dim of `size`. */
-static int64_t check_index(lua_State *L, int arg, int64_t size) {
+int64_t check_index(lua_State *L, int arg, int64_t size) {
   int64_t i = check_int(L, arg);
   if (i < 0) i += size + 1;
   if (i < 1 || i > size) {
@@ -105,7 +100,7 @@ static int64_t check_index(lua_State *L, int arg, int64_t size) {
 
 /* A shape given as a table {2, 3} or as integers 2, 3 from `arg` on.
  * Returns the index of the first argument after it. */
-static int check_shape(lua_State *L, int arg, int *ndim, int64_t *size) {
+int check_shape(lua_State *L, int arg, int *ndim, int64_t *size) {
   int n = 0;
   if (lua_istable(L, arg)) {
     lua_Integer len = (lua_Integer)lua_rawlen(L, arg);
@@ -138,12 +133,12 @@ static int check_shape(lua_State *L, int arg, int *ndim, int64_t *size) {
 /* A shape is a plain list of integers whose metatable prints it as {2,3}
  * and compares it by value. */
 /* Raises when an argument is left over after the shape (zeros(2, "x")). */
-static void check_shape_end(lua_State *L, int arg) {
+void check_shape_end(lua_State *L, int arg) {
   if (!lua_isnone(L, arg))
     luaL_argerror(L, arg, lua_pushfstring(L, "expected a size (an integer), got %s", luaL_typename(L, arg)));
 }
 
-static void push_shape(lua_State *L, const df_tensor *t) {
+void push_shape(lua_State *L, const df_tensor *t) {
   lua_createtable(L, t->ndim, 0);
   for (int d = 0; d < t->ndim; d++) {
     lua_pushinteger(L, t->size[d]);
@@ -183,12 +178,7 @@ static int l_shape_eq(lua_State *L) {
 
 /* ---- generators --------------------------------------------------------- */
 
-typedef struct {
-  df_generator *g; /* &own, or the default generator */
-  df_generator own;
-} generator_box;
-
-static df_generator *opt_generator(lua_State *L, int arg) {
+df_generator *opt_generator(lua_State *L, int arg) {
   if (lua_isnoneornil(L, arg)) return df_default_generator();
   generator_box *box = luaL_checkudata(L, arg, GENERATOR_MT);
   return box->g;
@@ -610,12 +600,42 @@ static int l_index(lua_State *L) {
   }
   lua_pushvalue(L, 2);
   lua_rawget(L, lua_upvalueindex(1)); /* the methods table */
+  if (!lua_isnil(L, -1) || lua_type(L, 2) != LUA_TSTRING) return 1;
+  /* autograd fields: x.grad, x.requires_grad, x.is_leaf, x.grad_fn */
+  df_tensor *x = check_tensor(L, 1);
+  const char *key = lua_tostring(L, 2);
+  if (strcmp(key, "grad") == 0) {
+    if (!x->grad) return 1; /* nil */
+    tensor_box *box = lua_newuserdatauv(L, sizeof *box, 0);
+    box->t = x->grad;
+    df_tensor_retain(x->grad);
+    luaL_setmetatable(L, TENSOR_MT);
+  } else if (strcmp(key, "requires_grad") == 0) {
+    lua_pushboolean(L, x->requires_grad);
+  } else if (strcmp(key, "is_leaf") == 0) {
+    lua_pushboolean(L, x->grad_fn == NULL);
+  } else if (strcmp(key, "grad_fn") == 0) {
+    if (x->grad_fn) lua_pushstring(L, x->grad_fn->name);
+    else lua_pushnil(L);
+  }
   return 1;
 }
 
 /* x[i] = v: sets an element of a 1-d tensor, or fills/copies the slice */
 static int l_newindex(lua_State *L) {
   df_tensor *x = check_tensor(L, 1);
+  if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "requires_grad") == 0) {
+    if (!lua_isboolean(L, 3)) return luaL_error(L, "requires_grad: expected a boolean, got %s", luaL_typename(L, 3));
+    return df_set_requires_grad(x, lua_toboolean(L, 3)) ? fail(L) : 0;
+  }
+  if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "grad") == 0) {
+    df_tensor *g = lua_isnil(L, 3) ? NULL : check_tensor(L, 3);
+    if (g && !df_tensor_same_shape(g, x)) return luaL_error(L, "grad: the gradient must have the tensor's shape");
+    if (g) df_tensor_retain(g);
+    df_tensor_release(x->grad);
+    x->grad = g;
+    return 0;
+  }
   if (lua_type(L, 2) != LUA_TNUMBER)
     return luaL_error(L, "Tensor: cannot set field '%s' (only integer indices can be assigned)", luaL_tolstring(L, 2, NULL));
   if (x->ndim == 0) return luaL_error(L, "index: a 0-d tensor cannot be indexed (use fill_)");
@@ -974,6 +994,57 @@ static int l_matmul(lua_State *L) {
   return result(L, df_matmul(slot, a, b));
 }
 
+/* ---- autograd ----------------------------------------------------------- */
+
+/* x:backward([grad [, retain_graph]]) */
+static int l_backward(lua_State *L) {
+  df_tensor *x = check_tensor(L, 1);
+  df_tensor *grad = lua_isnoneornil(L, 2) ? NULL : check_tensor(L, 2);
+  bool retain = lua_toboolean(L, 3);
+  if (df_backward(x, grad, retain)) return fail(L);
+  account_memory(L);
+  return 0;
+}
+
+static int l_detach(lua_State *L) {
+  df_tensor *x = check_tensor(L, 1);
+  df_tensor **slot = new_slot(L);
+  return result(L, df_detach(slot, x));
+}
+
+/* x:requires_grad_([on]): returns x */
+static int l_requires_grad_(lua_State *L) {
+  df_tensor *x = check_tensor(L, 1);
+  bool on = lua_isnoneornil(L, 2) ? true : lua_toboolean(L, 2);
+  if (df_set_requires_grad(x, on)) return fail(L);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* D.set_grad_enabled(on): returns the previous mode */
+static int l_set_grad_enabled(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TBOOLEAN);
+  lua_pushboolean(L, df_set_grad_enabled(lua_toboolean(L, 1)));
+  return 1;
+}
+
+static int l_is_grad_enabled(lua_State *L) {
+  lua_pushboolean(L, df_grad_enabled());
+  return 1;
+}
+
+/* test hook: D._debug_corrupt_backward("sigmoid", 1.1) scales that op's gradients */
+static int l_debug_corrupt_backward(lua_State *L) {
+  static char name[64];
+  if (lua_isnoneornil(L, 1)) {
+    df_debug_corrupt_backward(NULL, 1.0f);
+    return 0;
+  }
+  snprintf(name, sizeof name, "%s", luaL_checkstring(L, 1));
+  df_debug_corrupt_backward(name, (float)luaL_optnumber(L, 2, 1.1));
+  return 0;
+}
+
 /* ---- lifetime ----------------------------------------------------------- */
 
 /* __gc and __close: idempotent */
@@ -1048,6 +1119,7 @@ static const luaL_Reg tensor_functions[] = {
     {"narrow", l_narrow}, {"slice", l_slice}, {"select", l_select}, {"squeeze", l_squeeze},
     {"unsqueeze", l_unsqueeze}, {"expand", l_expand}, {"expand_as", l_expand}, {"contiguous", l_contiguous},
     {"clone", l_clone}, {"copy_", l_copy_}, {"copy", l_copy_}, {"fill_", l_fill_}, {"fill", l_fill_},
+    {"backward", l_backward}, {"detach", l_detach}, {"requires_grad_", l_requires_grad_},
     {"zero_", l_zero_}, {"clamp", l_clamp}, {"clamp_", l_clamp_}, {"where", l_where}, {"matmul", l_matmul},
     {NULL, NULL}};
 
@@ -1060,7 +1132,8 @@ static const luaL_Reg module_functions[] = {
     {"get_rng_state", l_generator_get_state}, {"set_rng_state", l_generator_set_state},
     {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
     {"memory_allocated", l_memory_allocated}, {"raw_sgemm_gflops", l_raw_sgemm_gflops}, {"blas_info", l_blas_info},
-    {"clock", l_clock}, {"empty_cache", l_empty_cache}, {"cached_bytes", l_cached_bytes},
+    {"clock", l_clock}, {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
+    {"_debug_corrupt_backward", l_debug_corrupt_backward}, {"empty_cache", l_empty_cache}, {"cached_bytes", l_cached_bytes},
     {NULL, NULL}};
 
 static const luaL_Reg generator_methods[] = {
@@ -1071,6 +1144,19 @@ static const struct {
   const char *name;
   df_binary_op op;
 } operators[] = {{"__add", DF_ADD}, {"__sub", DF_SUB}, {"__mul", DF_MUL}, {"__div", DF_DIV}, {"__pow", DF_POW}};
+
+void df_lua_register(lua_State *L, int module, int methods, const luaL_Reg *both, const luaL_Reg *module_only) {
+  for (const luaL_Reg *r = both; r && r->name; r++) {
+    lua_pushcfunction(L, r->func);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, methods, r->name);
+    lua_setfield(L, module, r->name);
+  }
+  for (const luaL_Reg *r = module_only; r && r->name; r++) {
+    lua_pushcfunction(L, r->func);
+    lua_setfield(L, module, r->name);
+  }
+}
 
 /* Sets name = closure(fn, op) in the tables at `methods` and `module`. */
 static void register_op(lua_State *L, int methods, int module, const char *name, lua_CFunction fn, int op) {
@@ -1115,6 +1201,12 @@ int luaopen_diffusion_core(lua_State *L) {
   lua_pushvalue(L, -1);
   lua_setfield(L, methods, "reshape");
   lua_setfield(L, module, "reshape");
+
+  df_lua_open_nn(L, module, methods);
+  df_lua_open_conv(L, module, methods);
+  df_lua_open_loss(L, module, methods);
+  df_lua_open_optim(L, module, methods);
+  df_lua_open_io(L, module, methods);
 
   luaL_newmetatable(L, TENSOR_MT);
   int mt = lua_gettop(L);

@@ -355,7 +355,7 @@ static df_status record_reduce(df_tensor *r, df_reduce_op op, const df_tensor *a
 df_status df_reduce(df_reduce_op op, df_tensor **out, const df_tensor *a, int ndims, const int *dims, bool keepdim,
                     int correction) {
   bool previous = df_set_grad_enabled(false); /* the internal views are not part of the graph */
-  df_tensor *r;
+  df_tensor *r = NULL;
   df_status st = reduce_forward(op, &r, a, ndims, dims, keepdim, correction);
   df_set_grad_enabled(previous);
   if (st) return st;

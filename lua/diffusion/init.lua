@@ -106,6 +106,22 @@ end
 Tensor.tostring = mt.__tostring
 D.tostring = mt.__tostring
 
+--- Autograd ---------------------------------------------------------------
+
+--- D.no_grad(fn, ...): runs fn(...) without recording the autograd graph
+-- (no activations are kept for a backward), and returns what fn returns.
+-- The previous mode is restored even when fn raises.
+function D.no_grad(fn, ...)
+  local previous = core.set_grad_enabled(false)
+  local result = table.pack(pcall(fn, ...))
+  core.set_grad_enabled(previous)
+  if not result[1] then error(result[2], 0) end
+  return table.unpack(result, 2, result.n)
+end
+
+D.gradcheck = require "diffusion.gradcheck"
+D._debug_corrupt_backward = core._debug_corrupt_backward -- test hook for the checker itself
+
 D.version = "scm"
 
 return D
