@@ -57,9 +57,11 @@ $(BUILD)/obj/binding/%.o: csrc/binding/%.c $(HEADERS)
 $(LIB): $(CORE_OBJ)
 	$(AR) rcs $@ $^
 
+# -z nodelete: the pool's threads sleep inside this library, so it must stay
+# mapped after lua_close unloads the module.
 $(MODULE): $(BINDING_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LIBFLAG) -o $@ $(BINDING_OBJ) $(LIB) $(LIBS)
+	$(CC) $(CFLAGS) $(LIBFLAG) -Wl,-z,nodelete -o $@ $(BINDING_OBJ) $(LIB) $(LIBS)
 
 test: $(MODULE)
 	@$(call test_env,$(BUILD)) $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
@@ -74,7 +76,7 @@ asan:
 	  $(call test_env,build-asan) $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
 
 valgrind: $(MODULE)
-	@$(call test_env,$(BUILD)) valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3 -q \
+	@$(call test_env,$(BUILD)) valgrind --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite --error-exitcode=3 -q \
 	  $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
 
 bench: $(MODULE)

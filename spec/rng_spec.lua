@@ -145,6 +145,31 @@ describe("rng", function()
       assert.is_true(math.abs(x:var():item() - 25 / 12) < 0.03)
     end)
 
+    it("uniform_(lo, hi) never returns hi, even where float32 rounding of lo + (hi - lo) * u would", function()
+      -- Generator(0), counter block 2330056, third word: u = 1 - 2^-24, and
+      -- 1 + (1 - 2^-24) rounds to 2 in float32
+      local g = D.Generator(0)
+      g:set_state { seed = 0, offset = 2330056 }
+      local x = D.zeros(4):uniform_(1, 2, g)
+      assert.is_true(x:min():item() >= 1)
+      assert.is_true(x:max():item() < 2, "got " .. x:max():item())
+      -- the float32 spacing at 1e8 is 8: most draws round to a multiple of 8
+      D.manual_seed(1)
+      local y = D.zeros(1000):uniform_(1e8, 1e8 + 16)
+      assert.is_true(y:max():item() < 1e8 + 16, "got " .. y:max():item())
+    end)
+
+    it("empty requests work and use no counter blocks", function()
+      D.manual_seed(6)
+      assert.are.same({ 0 }, D.rand(0):shape())
+      assert.are.same({ 3, 0 }, D.randn(3, 0):shape())
+      assert.are.same({ 0 }, D.randint(0, 2, { 0 }):shape())
+      assert.are.same({ seed = 6, offset = 0 }, D.get_rng_state())
+      local g = D.Generator(1)
+      D.zeros(0):normal_(0, 1, g)
+      assert.are.same({ seed = 1, offset = 0 }, g:get_state())
+    end)
+
     it("randint lies in [low, high), hits both ends, gives integers, roughly uniform", function()
       D.manual_seed(2024)
       local n = 100000

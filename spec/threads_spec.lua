@@ -144,15 +144,19 @@ describe("threads", function()
       assert.are.equal(400000, am)
     end)
 
-    it("matmul on large inputs", function()
+    -- OpenBLAS orders its sums by its own thread split, so matmul is exact
+    -- only at a fixed thread count; across counts it agrees to rounding
+    -- (the next test), as DESIGN.md allows.
+    it("matmul is bitwise reproducible at a fixed thread count", function()
       D.manual_seed(12)
       local a, b = D.randn(300, 700), D.randn(700, 200)
       local ab = D.randn(4, 64, 96)
       local bb = D.randn(96, 80)
-      local runs = at_thread_counts(function()
-        return D.matmul(a, b), D.matmul(b:t(), a:t()), D.matmul(ab, bb)
-      end)
-      assert_all_identical(runs)
+      for _, threads in ipairs({ 1, 2 }) do
+        local first = { with_threads(threads, function() return D.matmul(a, b), D.matmul(b:t(), a:t()), D.matmul(ab, bb) end) }
+        local again = { with_threads(threads, function() return D.matmul(a, b), D.matmul(b:t(), a:t()), D.matmul(ab, bb) end) }
+        for i = 1, 3 do assert_identical(first[i], again[i], ("matmul %d at %d threads"):format(i, threads)) end
+      end
     end)
 
     it("matmul at different thread counts agrees to rounding", function()

@@ -240,6 +240,13 @@ static int l_generator_set_state(lua_State *L) {
   return 0;
 }
 
+/* D.set_rng_state(state): restores the default generator */
+static int l_set_rng_state(lua_State *L) {
+  lua_pushnil(L);
+  lua_insert(L, 1);
+  return l_generator_set_state(L);
+}
+
 static int l_generator_tostring(lua_State *L) {
   generator_box *box = luaL_checkudata(L, 1, GENERATOR_MT);
   lua_pushfstring(L, "Generator(seed=%I, offset=%I)%s", (lua_Integer)box->g->seed, (lua_Integer)box->g->offset,
@@ -1129,7 +1136,7 @@ static const luaL_Reg module_functions[] = {
     {"linspace", l_linspace}, {"eye", l_eye}, {"rand", l_rand}, {"randn", l_randn}, {"randint", l_randint},
     {"cat", l_cat}, {"stack", l_stack},
     {"Generator", l_generator_new}, {"default_generator", l_default_generator}, {"manual_seed", l_manual_seed},
-    {"get_rng_state", l_generator_get_state}, {"set_rng_state", l_generator_set_state},
+    {"get_rng_state", l_generator_get_state}, {"set_rng_state", l_set_rng_state},
     {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
     {"memory_allocated", l_memory_allocated}, {"raw_sgemm_gflops", l_raw_sgemm_gflops}, {"blas_info", l_blas_info},
     {"clock", l_clock}, {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},

@@ -72,7 +72,10 @@ static void rng_task(int64_t task, void *arg) {
     philox(j->offset + (uint64_t)blk, j->seed, w);
     switch (j->dist) {
     case DIST_UNIFORM:
-      for (int k = 0; k < 4; k++) v[k] = j->a + (j->b - j->a) * u01(w[k]);
+      for (int k = 0; k < 4; k++) {
+        v[k] = j->a + (j->b - j->a) * u01(w[k]);
+        if (v[k] >= j->b && j->b > j->a) v[k] = nextafterf(j->b, j->a); /* rounding must not reach hi */
+      }
       break;
     case DIST_NORMAL: /* Box-Muller on two pairs */
       for (int k = 0; k < 4; k += 2) {

@@ -2,6 +2,7 @@
  * copy/fill/clone, cat/stack, creation, and the strided loop driver. */
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../df.h"
 #include "iter.h"
@@ -122,10 +123,27 @@ static df_tensor *tensor_header(df_storage *storage, int ndim, const int64_t *si
   return t;
 }
 
+/* Bytes of physical memory: no tensor may be larger, whatever the kernel's
+ * overcommit policy would let malloc promise. */
+static int64_t physical_memory(void) {
+  static int64_t bytes;
+  if (!bytes) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    bytes = pages > 0 && page > 0 ? (int64_t)pages * page : INT64_MAX;
+  }
+  return bytes;
+}
+
 static df_status tensor_alloc(df_tensor **out, int ndim, const int64_t *size, bool zero, const char *op) {
   int64_t numel;
   df_status st = df_check_shape(op, ndim, size, &numel);
   if (st) return st;
+  if (numel > physical_memory() / (int64_t)sizeof(float)) {
+    char buf[128];
+    return df_error(DF_ENOMEM, "%s: a tensor of shape %s needs %lld bytes, more than this machine's memory (%lld bytes)",
+                    op, df_format_shape(buf, sizeof buf, ndim, size), (long long)(numel * (int64_t)sizeof(float)),
+                    (long long)physical_memory());
+  }
   df_storage *s = storage_new(numel, zero);
   if (!s) {
     char buf[128];
