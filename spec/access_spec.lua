@@ -219,7 +219,7 @@ describe("x[i]", function()
 
   it("x[i] = tensor with a shape that does not broadcast errors", function()
     local x = D.zeros(2, 2)
-    expect_error(function() x[1] = D.ones(3) end, "copy: shapes {2} and {3} cannot broadcast")
+    expect_error(function() x[1] = D.ones(3) end, "copy_: shapes {2} and {3} cannot broadcast")
     assert.are.same({ { 0, 0 }, { 0, 0 } }, x:totable())
   end)
 
