@@ -66,14 +66,15 @@ $(MODULE): $(BINDING_OBJ) $(LIB)
 test: $(MODULE)
 	@$(call test_env,$(BUILD)) $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
 
+ASAN_BUILD ?= build-asan
 ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 asan:
-	$(MAKE) BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" LIBFLAG="-shared -fsanitize=address,undefined" all
+	$(MAKE) BUILD=$(ASAN_BUILD) CFLAGS="$(ASAN_FLAGS)" LIBFLAG="-shared -fsanitize=address,undefined" all
 	@LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:abort_on_error=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  $(call test_env,build-asan) $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
+	  $(call test_env,$(ASAN_BUILD)) $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
 
 valgrind: $(MODULE)
 	@$(call test_env,$(BUILD)) valgrind --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite --error-exitcode=3 -q \
