@@ -91,4 +91,4 @@ install: $(MODULE)
 	cp lua/diffusion/*.lua $(INST_LUADIR)/diffusion/
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-*
