@@ -25,7 +25,7 @@ DF_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC $(WARNINGS) $(BLAS_CFLAGS)
 ifdef WERROR
 DF_CFLAGS += -Werror
 endif
-LIBS := $(BLAS_LIBS) -lm -lpthread
+LIBS := $(BLAS_LIBS) -lz -lm -lpthread
 
 BUILD  ?= build
 CORE_SRC    := $(wildcard csrc/core/*.c csrc/autograd/*.c csrc/ops/*.c csrc/models/*.c csrc/io/*.c)

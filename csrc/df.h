@@ -227,6 +227,14 @@ df_status df_rand_(df_tensor *t, df_generator *g, float lo, float hi);
 df_status df_randn_(df_tensor *t, df_generator *g, float mean, float std);
 df_status df_randint_(df_tensor *t, df_generator *g, int64_t lo, int64_t hi);
 
+/* ---- indexing and files (ops/index.c, io/idx.c) ------------------------- */
+
+/* Slices of x along dim at the given positions: a 1-d tensor of integers
+ * counted from index_base (0 in C, 1 from Lua). */
+df_status df_index_select(df_tensor **out, const df_tensor *x, int dim, const df_tensor *index, int index_base);
+/* An IDX file (MNIST format, unsigned bytes), gzipped or not, as floats 0..255. */
+df_status df_idx_load(df_tensor **out, const char *path);
+
 /* ---- neural-network ops (ops/nn.c, ops/conv.c, ops/loss.c, ops/optim.c) --
  * Each records its node for autograd like the ops above. Class indices and
  * embedding indices are 0-based floats here (the binding takes 1-based). */

@@ -995,6 +995,30 @@ static int l_argreduce(lua_State *L) {
   return result(L, df_argreduce(op, NULL, slot, x, dim, keepdim, 1));
 }
 
+/* x:index_select(dim, indices): indices is a 1-d tensor or a Lua list, 1-based */
+static int l_index_select(lua_State *L) {
+  df_tensor *x = check_tensor(L, 1);
+  int dim = check_dim(L, 2, x->ndim, 0);
+  df_tensor *index = test_tensor(L, 3);
+  if (!index) { /* a list: made into a tensor owned by a userdata on the stack */
+    luaL_checktype(L, 3, LUA_TTABLE);
+    int64_t n = (int64_t)lua_rawlen(L, 3);
+    df_tensor **list = new_slot(L);
+    if (df_tensor_empty(list, 1, &n)) return fail(L);
+    float *p = df_tensor_data(*list);
+    for (int64_t i = 0; i < n; i++) {
+      lua_rawgeti(L, 3, (lua_Integer)i + 1);
+      int isnum;
+      p[i] = (float)lua_tonumberx(L, -1, &isnum);
+      if (!isnum) return luaL_argerror(L, 3, "indices must be numbers");
+      lua_pop(L, 1);
+    }
+    index = *list;
+  }
+  df_tensor **slot = new_slot(L);
+  return result(L, df_index_select(slot, x, dim, index, 1));
+}
+
 static int l_matmul(lua_State *L) {
   df_tensor *a = check_tensor(L, 1), *b = check_tensor(L, 2);
   df_tensor **slot = new_slot(L);
@@ -1127,7 +1151,7 @@ static const luaL_Reg tensor_functions[] = {
     {"unsqueeze", l_unsqueeze}, {"expand", l_expand}, {"expand_as", l_expand}, {"contiguous", l_contiguous},
     {"clone", l_clone}, {"copy_", l_copy_}, {"copy", l_copy_}, {"fill_", l_fill_}, {"fill", l_fill_},
     {"backward", l_backward}, {"detach", l_detach}, {"requires_grad_", l_requires_grad_},
-    {"zero_", l_zero_}, {"clamp", l_clamp}, {"clamp_", l_clamp_}, {"where", l_where}, {"matmul", l_matmul},
+    {"zero_", l_zero_}, {"clamp", l_clamp}, {"clamp_", l_clamp_}, {"where", l_where}, {"matmul", l_matmul}, {"index_select", l_index_select},
     {NULL, NULL}};
 
 /* module-only functions */

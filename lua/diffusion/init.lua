@@ -120,6 +120,9 @@ function D.no_grad(fn, ...)
 end
 
 D.gradcheck = require "diffusion.gradcheck"
+D.nn = require "diffusion.nn"
+D.data = require "diffusion.data"
+D.progress = require "diffusion.progress"
 D._debug_corrupt_backward = core._debug_corrupt_backward -- test hook for the checker itself
 
 D.version = "scm"
