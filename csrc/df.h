@@ -295,6 +295,15 @@ df_status df_adam_step(df_tensor *param, const df_tensor *grad, df_tensor *m, df
 /* a += w * (b - a): EMA updates */
 df_status df_lerp_(df_tensor *a, const df_tensor *b, float w);
 
+/* ---- safetensors checkpoints (io/safetensors.c) ------------------------- */
+/* SAFETENSORS-PROTOTYPES */
+
+/* ---- images (io/image.c) ------------------------------------------------ */
+/* IMAGE-PROTOTYPES */
+
+/* ---- noise schedules and sampler steps (diffusion/schedule.c, diffusion/sampler.c) */
+/* SCHEDULE-PROTOTYPES */
+
 /* ---- autograd (autograd/engine.c) --------------------------------------
  *
  * An op whose input requires grad (while grad mode is on) records a node on

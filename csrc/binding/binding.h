@@ -51,6 +51,9 @@ void df_lua_open_conv(lua_State *L, int module, int methods);  /* lua_conv.c */
 void df_lua_open_loss(lua_State *L, int module, int methods);  /* lua_loss.c */
 void df_lua_open_optim(lua_State *L, int module, int methods); /* lua_optim.c */
 void df_lua_open_io(lua_State *L, int module, int methods);    /* lua_io.c */
+void df_lua_open_safetensors(lua_State *L, int module, int methods); /* lua_safetensors.c */
+void df_lua_open_image(lua_State *L, int module, int methods);       /* lua_image.c */
+void df_lua_open_schedule(lua_State *L, int module, int methods);    /* lua_schedule.c */
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

@@ -1238,6 +1238,9 @@ int luaopen_diffusion_core(lua_State *L) {
   df_lua_open_loss(L, module, methods);
   df_lua_open_optim(L, module, methods);
   df_lua_open_io(L, module, methods);
+  df_lua_open_safetensors(L, module, methods);
+  df_lua_open_image(L, module, methods);
+  df_lua_open_schedule(L, module, methods);
 
   luaL_newmetatable(L, TENSOR_MT);
   int mt = lua_gettop(L);
