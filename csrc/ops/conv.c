@@ -1,0 +1,372 @@
+/* conv.c — 2-d convolution over NCHW tensors, forward and both backward
+ * passes, lowered to cblas_sgemm through im2col / col2im.
+ *
+ * For one image x[n] (C, H, W) the column matrix `col` has one row per
+ * (input channel, kernel row, kernel column) and one column per output
+ * position: (C * kh * kw) x (H' * W'). Group g owns the rows of its channels,
+ * a K x L block with K = C/groups * kh * kw, L = H' * W', and its weights
+ * are an Og x K row-major block of w, so
+ *   forward   out[n]_g  = w_g · col_g                       (Og x L)
+ *   grad x    dcol_g    = w_gᵀ · dout[n]_g, col2im into dx[n]
+ *   grad w    dw_g     += dout[n]_g · col_gᵀ                (Og x K)
+ *   grad b    db[o]     = sum of dout[:, o, :, :]
+ * The batch is walked one image at a time through one workspace of one
+ * image's columns per call; BLAS does the threading of the products, the
+ * pool does im2col / col2im over disjoint channels (never both at once).
+ * Padding reads as zeros. */
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "../core/iter.h"
+#include "../df.h"
+
+/* ---- geometry ------------------------------------------------------------ */
+
+typedef struct {
+  int64_t n, c, h, w;  /* input (N, C, H, W) */
+  int64_t o, kh, kw;   /* weight (O, C / groups, kh, kw) */
+  int64_t oh, ow;      /* output plane */
+  int64_t groups, cg, og;
+  int64_t k;           /* rows of one group's column block: cg * kh * kw */
+  int64_t l;           /* output positions per image: oh * ow */
+  int64_t sh, sw, ph, pw, dh, dw;
+} conv_geom;
+
+static void geom_init(conv_geom *g, const int64_t *xs, const int64_t *ws, const int stride[2], const int padding[2],
+                      const int dilation[2], int groups) {
+  g->n = xs[0];
+  g->c = xs[1];
+  g->h = xs[2];
+  g->w = xs[3];
+  g->o = ws[0];
+  g->kh = ws[2];
+  g->kw = ws[3];
+  g->sh = stride[0];
+  g->sw = stride[1];
+  g->ph = padding[0];
+  g->pw = padding[1];
+  g->dh = dilation[0];
+  g->dw = dilation[1];
+  g->groups = groups;
+  g->cg = ws[1];
+  g->og = g->o / groups;
+  g->k = g->cg * g->kh * g->kw;
+  g->oh = (g->h + 2 * g->ph - g->dh * (g->kh - 1) - 1) / g->sh + 1;
+  g->ow = (g->w + 2 * g->pw - g->dw * (g->kw - 1) - 1) / g->sw + 1;
+  g->l = g->oh * g->ow;
+}
+
+static df_status conv_check(const df_tensor *x, const df_tensor *w, const df_tensor *b, const df_conv2d_params *p,
+                            conv_geom *g) {
+  char b1[128], b2[128];
+  if (x->ndim != 4)
+    return df_error(DF_EINVAL, "conv2d: expected a 4-d input (N, C, H, W), got shape %s",
+                    df_format_shape(b1, sizeof b1, x->ndim, x->size));
+  if (w->ndim != 4)
+    return df_error(DF_EINVAL, "conv2d: expected a 4-d weight (O, C / groups, kh, kw), got shape %s",
+                    df_format_shape(b1, sizeof b1, w->ndim, w->size));
+  if (p->stride[0] < 1 || p->stride[1] < 1)
+    return df_error(DF_EINVAL, "conv2d: stride must be >= 1, got {%d,%d}", p->stride[0], p->stride[1]);
+  if (p->padding[0] < 0 || p->padding[1] < 0)
+    return df_error(DF_EINVAL, "conv2d: padding must be >= 0, got {%d,%d}", p->padding[0], p->padding[1]);
+  if (p->dilation[0] < 1 || p->dilation[1] < 1)
+    return df_error(DF_EINVAL, "conv2d: dilation must be >= 1, got {%d,%d}", p->dilation[0], p->dilation[1]);
+  if (p->groups < 1) return df_error(DF_EINVAL, "conv2d: groups must be >= 1, got %d", p->groups);
+  int64_t c = x->size[1], o = w->size[0], groups = p->groups;
+  if (c % groups)
+    return df_error(DF_EINVAL, "conv2d: input has %lld channels, not divisible by groups = %d", (long long)c, p->groups);
+  if (o % groups)
+    return df_error(DF_EINVAL, "conv2d: weight has %lld output channels, not divisible by groups = %d", (long long)o,
+                    p->groups);
+  if (w->size[1] != c / groups) {
+    if (groups == 1)
+      return df_error(DF_EINVAL, "conv2d: weight has %lld input channels, input has %lld", (long long)w->size[1],
+                      (long long)c);
+    return df_error(DF_EINVAL, "conv2d: weight has %lld input channels per group x %d groups, input has %lld",
+                    (long long)w->size[1], p->groups, (long long)c);
+  }
+  if (w->size[2] < 1 || w->size[3] < 1)
+    return df_error(DF_EINVAL, "conv2d: weight %s has an empty kernel", df_format_shape(b1, sizeof b1, w->ndim, w->size));
+  if (b && (b->ndim != 1 || b->size[0] != o))
+    return df_error(DF_EINVAL, "conv2d: bias must have shape {%lld} (one per output channel), got %s", (long long)o,
+                    df_format_shape(b1, sizeof b1, b->ndim, b->size));
+  /* the dilated kernel must fit in the padded input (sizes here are far below
+   * INT64_MAX / INT_MAX, so dilation * (k - 1) can overflow only for absurd k) */
+  for (int d = 0; d < 2; d++) {
+    int64_t k = w->size[2 + d], dil = p->dilation[d];
+    if (k - 1 > (INT64_MAX / 4) / dil)
+      return df_error(DF_EINVAL, "conv2d: the dilated kernel is too large");
+  }
+  int64_t ekh = (int64_t)p->dilation[0] * (w->size[2] - 1) + 1, ekw = (int64_t)p->dilation[1] * (w->size[3] - 1) + 1;
+  int64_t padh = x->size[2] + 2 * (int64_t)p->padding[0], padw = x->size[3] + 2 * (int64_t)p->padding[1];
+  if (padh < ekh || padw < ekw)
+    return df_error(DF_EINVAL,
+                    "conv2d: input %s padded by {%d,%d} is %lldx%lld, smaller than the dilated kernel %lldx%lld "
+                    "(the output would be empty)",
+                    df_format_shape(b2, sizeof b2, x->ndim, x->size), p->padding[0], p->padding[1], (long long)padh,
+                    (long long)padw, (long long)ekh, (long long)ekw);
+  geom_init(g, x->size, w->size, p->stride, p->padding, p->dilation, p->groups);
+  if (g->k > INT_MAX || g->l > INT_MAX || g->oh > INT_MAX || g->ow > INT_MAX || g->og > INT_MAX)
+    return df_error(DF_EINVAL, "conv2d: matrix dims above %d are not supported by BLAS (kernel block %lld, output plane %lld)",
+                    INT_MAX, (long long)g->k, (long long)g->l);
+  /* the workspace: groups * k <= INT_MAX^2, so one more check bounds its bytes */
+  if (g->groups * g->k > (int64_t)(SIZE_MAX / sizeof(float) / 2) / g->l)
+    return df_error(DF_ENOMEM, "conv2d: the im2col workspace would be too large");
+  return DF_OK;
+}
+
+/* ---- im2col / col2im, split over input channels ------------------------- */
+
+typedef struct {
+  const conv_geom *g;
+  const float *x; /* im2col: one image (C, H, W) */
+  float *col;     /* (C * kh * kw, L) */
+  float *dx;      /* col2im: one image's gradient, accumulated */
+  int64_t per_task;
+} col_job;
+
+/* Tasks of at least DF_ITER_GRAIN elements, at most one per thread. */
+static int64_t split(int64_t items, int64_t cost, int64_t *per_task) {
+  int64_t threads = df_get_num_threads();
+  int64_t per = (items + threads - 1) / threads;
+  int64_t min_items = cost > 0 ? (DF_ITER_GRAIN + cost - 1) / cost : items;
+  if (per < min_items) per = min_items;
+  if (per < 1) per = 1;
+  *per_task = per;
+  return (items + per - 1) / per;
+}
+
+static void im2col_task(int64_t task, void *arg) {
+  const col_job *j = arg;
+  const conv_geom *g = j->g;
+  int64_t c1 = (task + 1) * j->per_task < g->c ? (task + 1) * j->per_task : g->c;
+  for (int64_t c = task * j->per_task; c < c1; c++) {
+    const float *xp = j->x + c * g->h * g->w;
+    for (int64_t ki = 0; ki < g->kh; ki++)
+      for (int64_t kj = 0; kj < g->kw; kj++) {
+        float *row = j->col + ((c * g->kh + ki) * g->kw + kj) * g->l;
+        int64_t iw0 = kj * g->dw - g->pw;
+        for (int64_t oh = 0; oh < g->oh; oh++) {
+          int64_t ih = oh * g->sh - g->ph + ki * g->dh;
+          float *r = row + oh * g->ow;
+          if (ih < 0 || ih >= g->h) {
+            memset(r, 0, sizeof(float) * (size_t)g->ow);
+            continue;
+          }
+          const float *xr = xp + ih * g->w;
+          for (int64_t ow = 0; ow < g->ow; ow++) {
+            int64_t iw = iw0 + ow * g->sw;
+            r[ow] = iw >= 0 && iw < g->w ? xr[iw] : 0.0f;
+          }
+        }
+      }
+  }
+}
+
+static void col2im_task(int64_t task, void *arg) {
+  const col_job *j = arg;
+  const conv_geom *g = j->g;
+  int64_t c1 = (task + 1) * j->per_task < g->c ? (task + 1) * j->per_task : g->c;
+  for (int64_t c = task * j->per_task; c < c1; c++) {
+    float *dp = j->dx + c * g->h * g->w;
+    for (int64_t ki = 0; ki < g->kh; ki++)
+      for (int64_t kj = 0; kj < g->kw; kj++) {
+        const float *row = j->col + ((c * g->kh + ki) * g->kw + kj) * g->l;
+        int64_t iw0 = kj * g->dw - g->pw;
+        for (int64_t oh = 0; oh < g->oh; oh++) {
+          int64_t ih = oh * g->sh - g->ph + ki * g->dh;
+          if (ih < 0 || ih >= g->h) continue;
+          const float *r = row + oh * g->ow;
+          float *dr = dp + ih * g->w;
+          for (int64_t ow = 0; ow < g->ow; ow++) {
+            int64_t iw = iw0 + ow * g->sw;
+            if (iw >= 0 && iw < g->w) dr[iw] += r[ow];
+          }
+        }
+      }
+  }
+}
+
+static void im2col(const conv_geom *g, const float *x, float *col) {
+  col_job j = {.g = g, .x = x, .col = col};
+  df_parallel_for(split(g->c, g->kh * g->kw * g->l, &j.per_task), im2col_task, &j);
+}
+
+static void col2im(const conv_geom *g, const float *col, float *dx) {
+  col_job j = {.g = g, .col = (float *)col, .dx = dx};
+  df_parallel_for(split(g->c, g->kh * g->kw * g->l, &j.per_task), col2im_task, &j);
+}
+
+static float *workspace(const conv_geom *g) {
+  return df_malloc(sizeof(float) * (size_t)(g->groups * g->k) * (size_t)g->l);
+}
+
+/* ---- forward ------------------------------------------------------------- */
+
+/* x (N, C, H, W), w (O, C / groups, kh, kw), b (O) or NULL -> (N, O, H', W') */
+static df_status conv_forward(df_tensor **out, const df_tensor *x_in, const df_tensor *w_in, const df_tensor *b,
+                              const conv_geom *g) {
+  df_tensor *x = NULL, *w = NULL, *r = NULL;
+  float *col = NULL;
+  int64_t size[4] = {g->n, g->o, g->oh, g->ow};
+  df_status st;
+  if ((st = df_tensor_contiguous(&x, x_in)) || (st = df_tensor_contiguous(&w, w_in)) ||
+      (st = df_tensor_empty(&r, 4, size)))
+    goto done;
+  bool products = g->k > 0 && g->og > 0;
+  if (g->n > 0 && products && !(col = workspace(g))) {
+    st = df_error(DF_ENOMEM, "conv2d: out of memory for the im2col workspace");
+    goto done;
+  }
+  const float *xp = df_tensor_data(x), *wp = df_tensor_data(w);
+  const float *bp = b ? df_tensor_data(b) : NULL;
+  float *op = df_tensor_data(r);
+  for (int64_t n = 0; n < g->n; n++) {
+    float *on = op + n * g->o * g->l;
+    if (bp) { /* the products add onto the bias (beta = 1) */
+      for (int64_t o = 0; o < g->o; o++) {
+        float v = bp[o * b->stride[0]];
+        for (int64_t i = 0; i < g->l; i++) on[o * g->l + i] = v;
+      }
+    } else if (!products) {
+      memset(on, 0, sizeof(float) * (size_t)(g->o * g->l));
+    }
+    if (!products) continue;
+    im2col(g, xp + n * g->c * g->h * g->w, col);
+    for (int64_t gi = 0; gi < g->groups; gi++)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g->og, (int)g->l, (int)g->k, 1.0f,
+                  wp + gi * g->og * g->k, (int)g->k, col + gi * g->k * g->l, (int)g->l, bp ? 1.0f : 0.0f,
+                  on + gi * g->og * g->l, (int)g->l);
+  }
+done:
+  df_free(col);
+  df_tensor_release(x);
+  df_tensor_release(w);
+  if (st) {
+    df_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return DF_OK;
+}
+
+/* ---- backward ------------------------------------------------------------ */
+
+typedef struct {
+  const conv_geom *g;
+  const float *dout; /* (N, O, L) */
+  float *db;
+  int64_t per_task;
+} bias_job;
+
+static void bias_task(int64_t task, void *arg) {
+  const bias_job *j = arg;
+  const conv_geom *g = j->g;
+  int64_t o1 = (task + 1) * j->per_task < g->o ? (task + 1) * j->per_task : g->o;
+  for (int64_t o = task * j->per_task; o < o1; o++) {
+    double acc = 0;
+    for (int64_t n = 0; n < g->n; n++) {
+      const float *p = j->dout + (n * g->o + o) * g->l;
+      for (int64_t i = 0; i < g->l; i++) acc += p[i];
+    }
+    j->db[o] = (float)acc;
+  }
+}
+
+/* iarg = {stride h, w, padding h, w, dilation h, w, groups}; inputs x, w[, b];
+ * saved[0] = x (when w needs a gradient), saved[1] = w (when x does). */
+static df_status bw_conv2d(df_node *node, const df_tensor *grad, df_tensor **gi) {
+  const df_edge *ex = &node->inputs[0], *ew = &node->inputs[1];
+  int stride[2] = {(int)node->iarg[0], (int)node->iarg[1]}, padding[2] = {(int)node->iarg[2], (int)node->iarg[3]};
+  int dilation[2] = {(int)node->iarg[4], (int)node->iarg[5]};
+  conv_geom g;
+  geom_init(&g, ex->size, ew->size, stride, padding, dilation, (int)node->iarg[6]);
+  bool need_x = df_node_needs_grad(node, 0), need_w = df_node_needs_grad(node, 1);
+  bool need_b = node->ninputs > 2 && df_node_needs_grad(node, 2);
+  bool products = g.k > 0 && g.og > 0;
+  df_tensor *dout = NULL, *x = NULL, *w = NULL, *dx = NULL, *dw = NULL, *db = NULL;
+  float *col = NULL;
+  df_status st;
+  if ((st = df_tensor_contiguous(&dout, grad))) goto done;
+  if (need_x && ((st = df_tensor_contiguous(&w, node->saved[1])) || (st = df_tensor_zeros(&dx, 4, ex->size)))) goto done;
+  if (need_w && ((st = df_tensor_contiguous(&x, node->saved[0])) || (st = df_tensor_zeros(&dw, 4, ew->size)))) goto done;
+  if (need_b && (st = df_tensor_empty(&db, 1, &g.o))) goto done;
+  if ((need_x || need_w) && g.n > 0 && products && !(col = workspace(&g))) {
+    st = df_error(DF_ENOMEM, "conv2d: out of memory for the im2col workspace");
+    goto done;
+  }
+  const float *gp = df_tensor_data(dout);
+  for (int64_t n = 0; products && n < g.n; n++) {
+    const float *gn = gp + n * g.o * g.l;
+    if (need_w) {
+      float *dwp = df_tensor_data(dw);
+      im2col(&g, df_tensor_data(x) + n * g.c * g.h * g.w, col);
+      for (int64_t gr = 0; gr < g.groups; gr++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g.og, (int)g.k, (int)g.l, 1.0f, gn + gr * g.og * g.l,
+                    (int)g.l, col + gr * g.k * g.l, (int)g.l, 1.0f, dwp + gr * g.og * g.k, (int)g.k);
+    }
+    if (need_x) {
+      const float *wp = df_tensor_data(w);
+      for (int64_t gr = 0; gr < g.groups; gr++)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)g.k, (int)g.l, (int)g.og, 1.0f, wp + gr * g.og * g.k,
+                    (int)g.k, gn + gr * g.og * g.l, (int)g.l, 0.0f, col + gr * g.k * g.l, (int)g.l);
+      col2im(&g, col, df_tensor_data(dx) + n * g.c * g.h * g.w);
+    }
+  }
+  if (need_b) {
+    bias_job j = {.g = &g, .dout = gp, .db = df_tensor_data(db)};
+    df_parallel_for(split(g.o, g.n * g.l, &j.per_task), bias_task, &j);
+  }
+done:
+  df_free(col);
+  df_tensor_release(dout);
+  df_tensor_release(x);
+  df_tensor_release(w);
+  if (st) {
+    df_tensor_release(dx);
+    df_tensor_release(dw);
+    df_tensor_release(db);
+    return st;
+  }
+  gi[0] = dx;
+  gi[1] = dw;
+  if (need_b) gi[2] = db;
+  return DF_OK;
+}
+
+df_status df_conv2d(df_tensor **out, const df_tensor *x, const df_tensor *w, const df_tensor *b,
+                    const df_conv2d_params *p) {
+  static const df_conv2d_params defaults = {.stride = {1, 1}, .padding = {0, 0}, .dilation = {1, 1}, .groups = 1};
+  if (!p) p = &defaults;
+  conv_geom g;
+  df_status st = conv_check(x, w, b, p, &g);
+  if (st) return st;
+  bool previous = df_set_grad_enabled(false); /* internal copies are not part of the graph */
+  df_tensor *r;
+  st = conv_forward(&r, x, w, b, &g);
+  df_set_grad_enabled(previous);
+  if (st) return st;
+  const df_tensor *in[3] = {x, w, b};
+  df_node *node;
+  if ((st = df_autograd_record(r, "conv2d", bw_conv2d, b ? 3 : 2, in, &node))) goto fail;
+  if (node) {
+    node->iarg[0] = p->stride[0];
+    node->iarg[1] = p->stride[1];
+    node->iarg[2] = p->padding[0];
+    node->iarg[3] = p->padding[1];
+    node->iarg[4] = p->dilation[0];
+    node->iarg[5] = p->dilation[1];
+    node->iarg[6] = p->groups;
+    if ((df_node_needs_grad(node, 1) && (st = df_node_save(node, 0, x))) ||
+        (df_node_needs_grad(node, 0) && (st = df_node_save(node, 1, w))))
+      goto fail;
+  }
+  *out = r;
+  return DF_OK;
+fail:
+  df_tensor_release(r);
+  return st;
+}
