@@ -16,19 +16,22 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null)
 LUA_INCDIR ?= $(shell $(PKG_CONFIG) --variable=includedir lua5.4 2>/dev/null)/lua5.4
 BLAS_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null || echo -I/usr/include/$(MULTIARCH)/openblas-pthread)
 BLAS_LIBS   ?= $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
+# stb_image / stb_image_write: Debian's libstb-dev ships compiled (libstb) with stb.pc
+STB_CFLAGS  ?= $(shell $(PKG_CONFIG) --cflags stb 2>/dev/null || echo -I/usr/include/stb)
+STB_LIBS    ?= $(shell $(PKG_CONFIG) --libs stb 2>/dev/null || echo -lstb)
 
 CFLAGS   ?= -O2
 LIBFLAG  ?= -shared
 WARNINGS := -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wformat=2 -Wundef -Wvla -Wpointer-arith -Wcast-align
-DF_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC $(WARNINGS) $(BLAS_CFLAGS)
+DF_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC $(WARNINGS) $(BLAS_CFLAGS) $(STB_CFLAGS)
 ifdef WERROR
 DF_CFLAGS += -Werror
 endif
-LIBS := $(BLAS_LIBS) -lz -lm -lpthread
+LIBS := $(BLAS_LIBS) $(STB_LIBS) -lz -lm -lpthread
 
 BUILD  ?= build
-CORE_SRC    := $(wildcard csrc/core/*.c csrc/autograd/*.c csrc/ops/*.c csrc/models/*.c csrc/io/*.c)
+CORE_SRC    := $(wildcard csrc/core/*.c csrc/autograd/*.c csrc/ops/*.c csrc/diffusion/*.c csrc/models/*.c csrc/io/*.c)
 BINDING_SRC := $(wildcard csrc/binding/*.c)
 HEADERS     := $(wildcard csrc/*.h csrc/*/*.h)
 CORE_OBJ    := $(CORE_SRC:csrc/%.c=$(BUILD)/obj/%.o)

@@ -39,21 +39,20 @@ static void release_saved(df_node *node) {
   node->extra = NULL;
 }
 
-/* Iterative, so a chain of a million nodes doesn't overflow the C stack. */
+/* Iterative, so a chain of a million nodes doesn't overflow the C stack. A
+ * node goes on the stack only when its count reaches zero, so a node that
+ * feeds one op twice (y * y) is still freed exactly once. */
 void df_node_release(df_node *node) {
-  df_node *stack = NULL;
-  if (node) {
-    node->next_free = NULL;
-    stack = node;
-  }
+  if (!node || --node->refcount > 0) return;
+  node->next_free = NULL;
+  df_node *stack = node;
   while (stack) {
     df_node *n = stack;
     stack = n->next_free;
-    if (--n->refcount > 0) continue;
     for (int i = 0; i < n->ninputs; i++) {
       df_tensor_release(n->inputs[i].leaf);
       df_node *in = n->inputs[i].node;
-      if (in) {
+      if (in && --in->refcount == 0) {
         in->next_free = stack;
         stack = in;
       }

@@ -123,6 +123,8 @@ D.gradcheck = require "diffusion.gradcheck"
 D.nn = require "diffusion.nn"
 D.data = require "diffusion.data"
 D.progress = require "diffusion.progress"
+D.optim = require "diffusion.optim"
+D.EMA = D.optim.EMA
 D._debug_corrupt_backward = core._debug_corrupt_backward -- test hook for the checker itself
 
 D.version = "scm"
