@@ -296,13 +296,176 @@ df_status df_adam_step(df_tensor *param, const df_tensor *grad, df_tensor *m, df
 df_status df_lerp_(df_tensor *a, const df_tensor *b, float w);
 
 /* ---- safetensors checkpoints (io/safetensors.c) ------------------------- */
-/* SAFETENSORS-PROTOTYPES */
+/* File layout: an 8-byte little-endian header length N, N bytes of JSON
+ * {"__metadata__": {string: string}, "name": {"dtype": "F32", "shape": [..],
+ * "data_offsets": [begin, end]}, ...}, then the raw little-endian data
+ * (offsets count from the byte after the header). */
+#define DF_SAFETENSORS_MAX_HEADER 100000000 /* bytes (100 MB), as the reference reader */
+
+/* A loaded checkpoint: the tensors in file (offset) order with their names,
+ * and the metadata pairs in header order. Everything is owned by the struct
+ * (df_safetensors_free); a caller may take a tensor over by setting its
+ * slot to NULL. */
+typedef struct df_safetensors {
+  int64_t ntensors;
+  char **names;
+  df_tensor **tensors;
+  int64_t nmeta;
+  char **meta_keys, **meta_values;
+} df_safetensors;
+
+/* Writes n named tensors (any layout, expanded or strided; stored as F32)
+ * and nmeta metadata pairs (arrays may be NULL when their count is 0) to
+ * path. Tensors and metadata go in name order and the header is padded
+ * with spaces to a multiple of 8, so the same input makes the same bytes.
+ * Names: non-empty, unique, valid UTF-8, not "__metadata__"; metadata keys
+ * unique and valid UTF-8. Atomic: a temporary file in path's directory is
+ * written, fflushed and fsynced, then renamed over path (a symlink at path
+ * is replaced, not followed), then the directory is fsynced (best effort).
+ * On failure the temporary file is removed and an old file at path is left
+ * untouched. DF_EINVAL for bad arguments (no file touched), DF_EIO when the
+ * file system fails, DF_ENOMEM. */
+df_status df_safetensors_save(const char *path, int64_t n, const char *const *names, const df_tensor *const *tensors,
+                              int64_t nmeta, const char *const *meta_keys, const char *const *meta_values);
+/* Reads path: F32, F16 and BF16 become float32 tensors; any other dtype
+ * fails naming it. The file is checked before anything is allocated from
+ * it: strict JSON (a failure names the header byte), header <= 100 MB and
+ * inside the file, names non-empty and unique, shapes of <= DF_MAX_DIMS
+ * non-negative sizes, every byte range inside the data area and exactly
+ * dtype size x numel long, and the ranges tiling the data area in order
+ * without gap or overlap. Unknown keys inside a tensor's entry are ignored
+ * (as the reference reader does). DF_EIO for a file that can't be opened or
+ * is malformed, the message naming path and the problem. */
+df_status df_safetensors_load(df_safetensors **out, const char *path);
+void df_safetensors_free(df_safetensors *ck); /* NULL is fine */
 
 /* ---- images (io/image.c) ------------------------------------------------ */
-/* IMAGE-PROTOTYPES */
+/* Images are (C, H, W) float tensors, C = 1 (gray) or 3 (RGB). Byte values
+ * 0..255 map linearly to [lo, hi]: lo = 0, hi = 255 keeps the bytes as they
+ * are; lo = -1, hi = 1 is a model's range. */
+
+/* Default cap on width * height * channels of a decoded image (64 Mi values). */
+#define DF_IMAGE_MAX_VALUES ((int64_t)64 << 20)
+
+/* Decodes a PNG, JPEG, BMP, GIF (first frame), TGA, PSD, PNM or HDR file
+ * with stb_image. channels: 1 or 3 converts to that; 0 keeps a gray file
+ * gray and makes any other RGB (alpha is dropped, not composited).
+ * max_values (0: DF_IMAGE_MAX_VALUES) caps width * height * channels, checked
+ * from the header before anything is decoded. Needs lo < hi. */
+df_status df_image_load(df_tensor **out, const char *path, int channels, int64_t max_values, float lo, float hi);
+/* Writes x (C, H, W) with C = 1 or 3, or (H, W), as an 8-bit PNG: values map
+ * from [lo, hi] to 0..255, rounded half up and clamped (NaN -> 0). Atomic: a
+ * temporary file next to path is written, fsynced and renamed over path;
+ * on failure it is removed and an existing file at path is left as it was.
+ * DF_EIO for filesystem failures, DF_EINVAL for a bad tensor or range. */
+df_status df_image_save_png(const df_tensor *x, const char *path, float lo, float hi);
+/* Resizes the last two dims of x (..., H, W) to (..., h, w), each axis on
+ * its own: a box filter with fractional coverage where it shrinks (area
+ * averaging), bilinear with half-pixel centres where it grows or keeps its
+ * size. Weights sum to 1, so a constant image stays constant. No gradient. */
+df_status df_image_resize(df_tensor **out, const df_tensor *x, int64_t h, int64_t w);
 
 /* ---- noise schedules and sampler steps (diffusion/schedule.c, diffusion/sampler.c) */
-/* SCHEDULE-PROTOTYPES */
+/* A schedule is defined by its betas, or by alpha_bar (the kinds below); the
+ * named kinds compute them in double from their parameters:
+ *   linear        {beta_start, beta_end}: betas = linspace(beta_start, beta_end, T)
+ *   scaled_linear {beta_start, beta_end}: betas = linspace(sqrt(beta_start), sqrt(beta_end), T)^2
+ *   cosine        {s, max_beta}: betas = min(1 - f(t / T) / f((t - 1) / T), max_beta),
+ *                 f(u) = cos^2((u + s) / (1 + s) pi / 2)      (Nichol & Dhariwal 2021)
+ *   sigmoid       {start, stop, tau}: alpha_bar = (v(1) - v(t / T)) / (v(1) - v(0)) clipped
+ *                 into [1e-9, 1], v(u) = sigmoid((u (stop - start) + start) / tau)  (Chen 2023)
+ *   betas, alpha_bar: the T values themselves.
+ * Timestep t = 1..T (1 the least noisy) lives at [t - 1]; alpha_bar_0 = 1. The
+ * values are validated: betas in (0, 1], alpha_bar in (0, 1] and strictly
+ * decreasing from alpha_bar_0, no NaN. */
+typedef enum {
+  DF_SCHEDULE_LINEAR, DF_SCHEDULE_SCALED_LINEAR, DF_SCHEDULE_COSINE, DF_SCHEDULE_SIGMOID,
+  DF_SCHEDULE_BETAS, DF_SCHEDULE_ALPHA_BAR,
+  DF_SCHEDULE_KIND_COUNT
+} df_schedule_kind;
+extern const char *const df_schedule_kind_names[DF_SCHEDULE_KIND_COUNT];
+
+/* The tables derived from a schedule, each (T), computed in double:
+ * alpha_bar_prev = alpha_bar_{t-1}; snr = ab / (1 - ab); sigma = sqrt((1 - ab) / ab);
+ * posterior_variance = (1 - ab_prev) / (1 - ab) beta (0 at t = 1);
+ * posterior mean = coef1 x0 + coef2 x_t, coef1 = beta sqrt(ab_prev) / (1 - ab),
+ * coef2 = (1 - ab_prev) sqrt(alpha) / (1 - ab). */
+typedef enum {
+  DF_SCHED_BETAS, DF_SCHED_ALPHAS, DF_SCHED_ALPHA_BAR, DF_SCHED_ALPHA_BAR_PREV, DF_SCHED_SQRT_ALPHA_BAR,
+  DF_SCHED_SQRT_ONE_MINUS_ALPHA_BAR, DF_SCHED_SNR, DF_SCHED_LOG_SNR, DF_SCHED_SIGMA, DF_SCHED_POSTERIOR_VARIANCE,
+  DF_SCHED_POSTERIOR_MEAN_COEF1, DF_SCHED_POSTERIOR_MEAN_COEF2,
+  DF_SCHED_TABLE_COUNT
+} df_schedule_table;
+extern const char *const df_schedule_table_names[DF_SCHED_TABLE_COUNT];
+
+typedef struct df_schedule {
+  int64_t T;
+  double *betas;     /* (T), owned: one df_malloc block with alpha_bar */
+  double *alpha_bar; /* (T) */
+} df_schedule;
+
+/* Builds s (betas and alpha_bar) from a kind and its nparams parameters (T of
+ * them for DF_SCHEDULE_BETAS / DF_SCHEDULE_ALPHA_BAR); `op` names the caller
+ * in errors. On failure s holds nothing. */
+df_status df_schedule_init(df_schedule *s, df_schedule_kind kind, int64_t T, const double *params, int64_t nparams,
+                           const char *op);
+void df_schedule_free(df_schedule *s); /* idempotent */
+/* The value of table `which` at t = 1..T (in double). */
+double df_schedule_value(const df_schedule *s, df_schedule_table which, int64_t t);
+/* The whole table as a (T) float tensor. */
+df_status df_schedule_tensor(df_tensor **out, const df_schedule *s, df_schedule_table which);
+/* table (T), t (N) timesteps counted from base (1 from Lua) -> (N) table[t[n] - base];
+ * the timesteps must be integers in [base, T - 1 + base]. No gradient. */
+df_status df_schedule_gather(df_tensor **out, const df_tensor *table, const df_tensor *t, int base, const char *op);
+/* x, y (N, ...) of one shape; a, b (N) or one element -> out[n, ...] = a[n] x[n, ...] + b[n] y[n, ...]:
+ * q_sample, posterior means, v targets. b and y may be NULL (out = a x). Records
+ * autograd for x and y, not for the coefficients. */
+df_status df_schedule_combine(df_tensor **out, const df_tensor *a, const df_tensor *x, const df_tensor *b,
+                              const df_tensor *y, const char *op);
+/* Sampler steps from timestep t to an earlier one (alpha_bar_t < alpha_bar_prev <= 1),
+ * for a batch that shares t. x0 is the (clipped) predicted x0; xt, x0 and noise
+ * have one shape; noise may be NULL (no noise term: the last step, eta = 0).
+ * DDPM ancestral (Ho et al. 2020), beta = 1 - ab_t / ab_prev:
+ *   x_prev = coef1 x0 + coef2 x_t + sigma z, sigma^2 = beta_tilde or beta.
+ * DDIM (Song et al. 2020): sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev),
+ *   x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z, with
+ *   eps = (x_t - sqrt(ab_t) x0) / sqrt(1 - ab_t) folded into the coefficients.
+ * No gradient (samplers run under no_grad). */
+df_status df_ddpm_step(df_tensor **out, const df_tensor *xt, const df_tensor *x0, const df_tensor *noise,
+                       double alpha_bar_t, double alpha_bar_prev, bool beta_tilde);
+df_status df_ddim_step(df_tensor **out, const df_tensor *xt, const df_tensor *x0, const df_tensor *noise,
+                       double alpha_bar_t, double alpha_bar_prev, double eta);
+
+/* ---- the U-Net (models/unet.c) ------------------------------------------ */
+
+#define DF_UNET_MAX_LEVELS 8
+
+typedef struct {
+  int in_channels, out_channels;
+  int channels;                    /* C: the first level's width */
+  int nmult, mult[DF_UNET_MAX_LEVELS]; /* level widths C * mult[i]; resolution halves per level */
+  int res_blocks;                  /* ResBlocks per level going down (one more going up) */
+  int nattn, attn_res[DF_UNET_MAX_LEVELS]; /* resolutions with self-attention */
+  int heads, groups;               /* attention heads, GroupNorm groups */
+  float dropout;
+  int num_classes;                 /* 0: unconditional; else labels 0..num_classes, the last one "null" */
+  int image_size;                  /* the training resolution (attention resolutions refer to it) */
+} df_unet_config;
+
+typedef struct df_unet df_unet;
+
+/* Builds a U-Net with PyTorch's default initialisation from gen. */
+df_status df_unet_new(df_unet **out, const df_unet_config *cfg, df_generator *gen);
+void df_unet_free(df_unet *net);
+const df_unet_config *df_unet_get_config(const df_unet *net);
+/* Parameters in a stable order, named like the reference's state_dict keys;
+ * the tensors are owned by the net (retain to keep one). */
+int df_unet_num_params(const df_unet *net);
+const char *df_unet_param_name(const df_unet *net, int i);
+df_tensor *df_unet_param(const df_unet *net, int i);
+/* x (N, in, H, W), t (N) timesteps, y (N) 0-based labels or NULL -> (N, out, H, W) */
+df_status df_unet_forward(df_tensor **out, const df_unet *net, const df_tensor *x, const df_tensor *t, const df_tensor *y,
+                          bool train, df_generator *gen);
 
 /* ---- autograd (autograd/engine.c) --------------------------------------
  *

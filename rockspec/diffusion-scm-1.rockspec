@@ -17,8 +17,8 @@ dependencies = {
   "lua >= 5.4, < 5.5",
 }
 build = {
-  -- The Makefile finds OpenBLAS through pkg-config (Debian: libopenblas-dev),
-  -- falling back to Debian's multiarch paths.
+  -- The Makefile finds OpenBLAS (libopenblas-dev) and stb (libstb-dev) through
+  -- pkg-config, falling back to Debian's paths; zlib is zlib1g-dev.
   type = "make",
   build_variables = {
     CFLAGS = "$(CFLAGS)",
