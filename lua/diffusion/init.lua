@@ -126,6 +126,7 @@ D.progress = require "diffusion.progress"
 D.optim = require "diffusion.optim"
 D.EMA = D.optim.EMA
 D.image = require "diffusion.image"
+D.UNet = require "diffusion.unet"
 D._debug_corrupt_backward = core._debug_corrupt_backward -- test hook for the checker itself
 
 D.version = "scm"
