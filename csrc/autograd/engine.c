@@ -181,7 +181,15 @@ static df_status accumulate_leaf(df_tensor *leaf, df_tensor *g) {
     df_tensor_release(g);
     return DF_OK;
   }
-  st = df_binary_(DF_ADD, leaf->grad, g);
+  if (df_tensor_has_overlap(leaf->grad)) { /* the user set an expanded tensor: add out of place */
+    df_tensor *sum;
+    if (!(st = df_binary(DF_ADD, &sum, leaf->grad, g))) {
+      df_tensor_release(leaf->grad);
+      leaf->grad = sum;
+    }
+  } else {
+    st = df_binary_(DF_ADD, leaf->grad, g);
+  }
   df_tensor_release(g);
   return st;
 }
@@ -311,7 +319,10 @@ df_status df_backward(df_tensor *root, const df_tensor *grad, bool retain_graph)
       return df_error(DF_EINVAL, "backward: gradient of shape %s given for a tensor of shape %s",
                       df_format_shape(b1, sizeof b1, grad->ndim, grad->size), df_format_shape(b2, sizeof b2, root->ndim, root->size));
     }
-    if ((st = df_tensor_clone(&seed, grad))) return st;
+    bool mode = df_set_grad_enabled(false); /* the seed is a plain copy, without grad's graph */
+    st = df_tensor_clone(&seed, grad);
+    df_set_grad_enabled(mode);
+    if (st) return st;
   } else {
     if (df_tensor_numel(root) != 1) {
       char b[128];
