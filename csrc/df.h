@@ -365,7 +365,7 @@ df_status df_image_save_png(const df_tensor *x, const char *path, float lo, floa
  * size. Weights sum to 1, so a constant image stays constant. No gradient. */
 df_status df_image_resize(df_tensor **out, const df_tensor *x, int64_t h, int64_t w);
 
-/* ---- noise schedules and sampler steps (diffusion/schedule.c, diffusion/sampler.c) */
+/* ---- noise schedules and sampler steps (diffusion/schedule.c) --------- */
 /* A schedule is defined by its betas, or by alpha_bar (the kinds below); the
  * named kinds compute them in double from their parameters:
  *   linear        {beta_start, beta_end}: betas = linspace(beta_start, beta_end, T)

@@ -459,3 +459,28 @@ describe("errors", function()
       D.upsample_nearest2d, taller, { (1 << 31) - 1, 1 })
   end)
 end)
+
+describe("conv2d over several image chunks", function()
+  -- 10 images of 8 x 64 x 64 take more than one chunk of the column workspace;
+  -- each image's result must equal the one computed alone
+  it("matches image-by-image forward and backward at the chunk boundaries", function()
+    D.manual_seed(77)
+    local x = D.randn(10, 8, 64, 64):requires_grad_()
+    local w = D.randn(8, 8, 3, 3):requires_grad_()
+    local b = D.randn(8)
+    local y = D.conv2d(x, w, b, { padding = 1 })
+    local r = D.randn(y:shape())
+    ;(y * r):sum():backward()
+    local dw_sum = D.zeros(8, 8, 3, 3)
+    for n = 1, 10 do
+      local xn = x:narrow(1, n, 1):detach():requires_grad_()
+      local wn = w:detach():requires_grad_()
+      local yn = D.conv2d(xn, wn, b, { padding = 1 })
+      assert.is_true((yn - y:narrow(1, n, 1)):abs():max():item() < 1e-4, "forward of image " .. n)
+      ;(yn * r:narrow(1, n, 1)):sum():backward()
+      assert.is_true((xn.grad - x.grad:narrow(1, n, 1)):abs():max():item() < 1e-4, "input gradient of image " .. n)
+      dw_sum = dw_sum + wn.grad
+    end
+    assert.is_true((dw_sum - w.grad):abs():max():item() < 1e-2 * w.grad:abs():max():item(), "weight gradient")
+  end)
+end)

@@ -40,7 +40,7 @@ void df_free(void *p) { free(p); }
 #include <string.h>
 
 #define CACHE_MIN_BYTES ((size_t)256 << 10)
-#define CACHE_SLOTS 64
+#define CACHE_SLOTS 512
 
 #if defined(__SANITIZE_ADDRESS__)
 #define CACHE_ENABLED 0

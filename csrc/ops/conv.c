@@ -118,14 +118,19 @@ static df_status conv_check(const df_tensor *x, const df_tensor *w, const df_ten
   return DF_OK;
 }
 
-/* ---- im2col / col2im, split over input channels ------------------------- */
+/* ---- im2col / col2im over a chunk of images -------------------------------
+ * The images of a chunk sit side by side in one column matrix: row
+ * (c, ki, kj) holds, for image b of the chunk, its L output positions at
+ * columns b * L .. b * L + L - 1 (leading dimension ld = chunk * L). One GEMM
+ * then covers the whole chunk, which keeps BLAS efficient on the small
+ * planes (8x8) of a U-Net's inner levels. */
 
 typedef struct {
   const conv_geom *g;
-  const float *x; /* im2col: one image (C, H, W) */
-  float *col;     /* (C * kh * kw, L) */
-  float *dx;      /* col2im: one image's gradient, accumulated */
-  int64_t per_task;
+  const float *x; /* im2col: the chunk's first image (C, H, W) */
+  float *col;     /* (C * kh * kw, ld) */
+  float *dx;      /* col2im: the chunk's first image gradient, accumulated */
+  int64_t ld, per_task, items; /* items = images * C */
 } col_job;
 
 /* Tasks of at least DF_ITER_GRAIN elements, at most one per thread. */
@@ -142,12 +147,13 @@ static int64_t split(int64_t items, int64_t cost, int64_t *per_task) {
 static void im2col_task(int64_t task, void *arg) {
   const col_job *j = arg;
   const conv_geom *g = j->g;
-  int64_t c1 = (task + 1) * j->per_task < g->c ? (task + 1) * j->per_task : g->c;
-  for (int64_t c = task * j->per_task; c < c1; c++) {
-    const float *xp = j->x + c * g->h * g->w;
+  int64_t end = (task + 1) * j->per_task < j->items ? (task + 1) * j->per_task : j->items;
+  for (int64_t item = task * j->per_task; item < end; item++) {
+    int64_t b = item / g->c, c = item % g->c;
+    const float *xp = j->x + (b * g->c + c) * g->h * g->w;
     for (int64_t ki = 0; ki < g->kh; ki++)
       for (int64_t kj = 0; kj < g->kw; kj++) {
-        float *row = j->col + ((c * g->kh + ki) * g->kw + kj) * g->l;
+        float *row = j->col + ((c * g->kh + ki) * g->kw + kj) * j->ld + b * g->l;
         int64_t iw0 = kj * g->dw - g->pw;
         for (int64_t oh = 0; oh < g->oh; oh++) {
           int64_t ih = oh * g->sh - g->ph + ki * g->dh;
@@ -157,6 +163,14 @@ static void im2col_task(int64_t task, void *arg) {
             continue;
           }
           const float *xr = xp + ih * g->w;
+          if (g->sw == 1) { /* one contiguous run, zeros where it leaves the row */
+            int64_t lo = iw0 < 0 ? -iw0 : 0, hi = g->w - iw0 < g->ow ? g->w - iw0 : g->ow;
+            if (hi < lo) hi = lo;
+            for (int64_t ow = 0; ow < lo; ow++) r[ow] = 0.0f;
+            if (hi > lo) memcpy(r + lo, xr + iw0 + lo, sizeof(float) * (size_t)(hi - lo));
+            for (int64_t ow = hi; ow < g->ow; ow++) r[ow] = 0.0f;
+            continue;
+          }
           for (int64_t ow = 0; ow < g->ow; ow++) {
             int64_t iw = iw0 + ow * g->sw;
             r[ow] = iw >= 0 && iw < g->w ? xr[iw] : 0.0f;
@@ -169,18 +183,24 @@ static void im2col_task(int64_t task, void *arg) {
 static void col2im_task(int64_t task, void *arg) {
   const col_job *j = arg;
   const conv_geom *g = j->g;
-  int64_t c1 = (task + 1) * j->per_task < g->c ? (task + 1) * j->per_task : g->c;
-  for (int64_t c = task * j->per_task; c < c1; c++) {
-    float *dp = j->dx + c * g->h * g->w;
+  int64_t end = (task + 1) * j->per_task < j->items ? (task + 1) * j->per_task : j->items;
+  for (int64_t item = task * j->per_task; item < end; item++) {
+    int64_t b = item / g->c, c = item % g->c;
+    float *dp = j->dx + (b * g->c + c) * g->h * g->w;
     for (int64_t ki = 0; ki < g->kh; ki++)
       for (int64_t kj = 0; kj < g->kw; kj++) {
-        const float *row = j->col + ((c * g->kh + ki) * g->kw + kj) * g->l;
+        const float *row = j->col + ((c * g->kh + ki) * g->kw + kj) * j->ld + b * g->l;
         int64_t iw0 = kj * g->dw - g->pw;
         for (int64_t oh = 0; oh < g->oh; oh++) {
           int64_t ih = oh * g->sh - g->ph + ki * g->dh;
           if (ih < 0 || ih >= g->h) continue;
           const float *r = row + oh * g->ow;
           float *dr = dp + ih * g->w;
+          if (g->sw == 1) {
+            int64_t lo = iw0 < 0 ? -iw0 : 0, hi = g->w - iw0 < g->ow ? g->w - iw0 : g->ow;
+            for (int64_t ow = lo; ow < hi; ow++) dr[iw0 + ow] += r[ow];
+            continue;
+          }
           for (int64_t ow = 0; ow < g->ow; ow++) {
             int64_t iw = iw0 + ow * g->sw;
             if (iw >= 0 && iw < g->w) dr[iw] += r[ow];
@@ -190,18 +210,51 @@ static void col2im_task(int64_t task, void *arg) {
   }
 }
 
-static void im2col(const conv_geom *g, const float *x, float *col) {
-  col_job j = {.g = g, .x = x, .col = col};
-  df_parallel_for(split(g->c, g->kh * g->kw * g->l, &j.per_task), im2col_task, &j);
+static void im2col(const conv_geom *g, const float *x, int64_t images, float *col) {
+  col_job j = {.g = g, .x = x, .col = col, .ld = images * g->l, .items = images * g->c};
+  df_parallel_for(split(j.items, g->kh * g->kw * g->l, &j.per_task), im2col_task, &j);
 }
 
-static void col2im(const conv_geom *g, const float *col, float *dx) {
-  col_job j = {.g = g, .col = (float *)col, .dx = dx};
-  df_parallel_for(split(g->c, g->kh * g->kw * g->l, &j.per_task), col2im_task, &j);
+static void col2im(const conv_geom *g, const float *col, int64_t images, float *dx) {
+  col_job j = {.g = g, .col = (float *)col, .dx = dx, .ld = images * g->l, .items = images * g->c};
+  df_parallel_for(split(j.items, g->kh * g->kw * g->l, &j.per_task), col2im_task, &j);
 }
 
-static float *workspace(const conv_geom *g) {
-  return df_malloc(sizeof(float) * (size_t)(g->groups * g->k) * (size_t)g->l);
+/* (N, O, L) rows of images n0.. into the chunk layout (O, images * L), and back */
+typedef struct {
+  const conv_geom *g;
+  float *chunk, *nol;
+  int64_t images, per_task;
+  bool to_chunk, accumulate;
+} gather_job;
+
+static void gather_task(int64_t task, void *arg) {
+  const gather_job *j = arg;
+  const conv_geom *g = j->g;
+  int64_t items = j->images * g->o, end = (task + 1) * j->per_task < items ? (task + 1) * j->per_task : items;
+  size_t bytes = sizeof(float) * (size_t)g->l;
+  for (int64_t item = task * j->per_task; item < end; item++) {
+    int64_t b = item / g->o, o = item % g->o;
+    float *c = j->chunk + o * j->images * g->l + b * g->l, *r = j->nol + (b * g->o + o) * g->l;
+    if (j->to_chunk) memcpy(c, r, bytes);
+    else if (j->accumulate)
+      for (int64_t i = 0; i < g->l; i++) r[i] += c[i];
+    else memcpy(r, c, bytes);
+  }
+}
+
+static void gather(const conv_geom *g, float *chunk, float *nol, int64_t images, bool to_chunk, bool accumulate) {
+  gather_job j = {.g = g, .chunk = chunk, .nol = nol, .images = images, .to_chunk = to_chunk, .accumulate = accumulate};
+  df_parallel_for(split(images * g->o, g->l, &j.per_task), gather_task, &j);
+}
+
+/* Images per chunk: the column and output blocks stay within a few MiB. */
+#define CHUNK_FLOATS ((int64_t)1 << 21)
+static int64_t chunk_images(const conv_geom *g) {
+  int64_t per_image = (g->groups * g->k + g->o) * g->l;
+  int64_t images = per_image > 0 ? CHUNK_FLOATS / per_image : g->n;
+  if (images < 1) images = 1;
+  return images < g->n ? images : g->n;
 }
 
 /* ---- forward ------------------------------------------------------------- */
@@ -210,39 +263,47 @@ static float *workspace(const conv_geom *g) {
 static df_status conv_forward(df_tensor **out, const df_tensor *x_in, const df_tensor *w_in, const df_tensor *b,
                               const conv_geom *g) {
   df_tensor *x = NULL, *w = NULL, *r = NULL;
-  float *col = NULL;
+  float *col = NULL, *tmp = NULL;
   int64_t size[4] = {g->n, g->o, g->oh, g->ow};
   df_status st;
   if ((st = df_tensor_contiguous(&x, x_in)) || (st = df_tensor_contiguous(&w, w_in)) ||
       (st = df_tensor_empty(&r, 4, size)))
     goto done;
   bool products = g->k > 0 && g->og > 0;
-  if (g->n > 0 && products && !(col = workspace(g))) {
+  int64_t chunk = chunk_images(g);
+  if (g->n > 0 && products &&
+      (!(col = df_malloc(sizeof(float) * (size_t)(g->groups * g->k * chunk * g->l))) ||
+       !(tmp = df_malloc(sizeof(float) * (size_t)(g->o * chunk * g->l))))) {
     st = df_error(DF_ENOMEM, "conv2d: out of memory for the im2col workspace");
     goto done;
   }
   const float *xp = df_tensor_data(x), *wp = df_tensor_data(w);
   const float *bp = b ? df_tensor_data(b) : NULL;
   float *op = df_tensor_data(r);
-  for (int64_t n = 0; n < g->n; n++) {
-    float *on = op + n * g->o * g->l;
+  if (!products) memset(op, 0, sizeof(float) * (size_t)(g->n * g->o * g->l));
+  for (int64_t n0 = 0; products && n0 < g->n; n0 += chunk) {
+    int64_t images = g->n - n0 < chunk ? g->n - n0 : chunk, ld = images * g->l;
+    im2col(g, xp + n0 * g->c * g->h * g->w, images, col);
     if (bp) { /* the products add onto the bias (beta = 1) */
       for (int64_t o = 0; o < g->o; o++) {
         float v = bp[o * b->stride[0]];
-        for (int64_t i = 0; i < g->l; i++) on[o * g->l + i] = v;
+        for (int64_t i = 0; i < ld; i++) tmp[o * ld + i] = v;
       }
-    } else if (!products) {
-      memset(on, 0, sizeof(float) * (size_t)(g->o * g->l));
     }
-    if (!products) continue;
-    im2col(g, xp + n * g->c * g->h * g->w, col);
     for (int64_t gi = 0; gi < g->groups; gi++)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g->og, (int)g->l, (int)g->k, 1.0f,
-                  wp + gi * g->og * g->k, (int)g->k, col + gi * g->k * g->l, (int)g->l, bp ? 1.0f : 0.0f,
-                  on + gi * g->og * g->l, (int)g->l);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g->og, (int)ld, (int)g->k, 1.0f,
+                  wp + gi * g->og * g->k, (int)g->k, col + gi * g->k * ld, (int)ld, bp ? 1.0f : 0.0f,
+                  tmp + gi * g->og * ld, (int)ld);
+    gather(g, tmp, op + n0 * g->o * g->l, images, false, false);
+  }
+  if (!products && bp) {
+    for (int64_t n = 0; n < g->n; n++)
+      for (int64_t o = 0; o < g->o; o++)
+        for (int64_t i = 0; i < g->l; i++) op[(n * g->o + o) * g->l + i] = bp[o * b->stride[0]];
   }
 done:
   df_free(col);
+  df_free(tmp);
   df_tensor_release(x);
   df_tensor_release(w);
   if (st) {
@@ -288,32 +349,36 @@ static df_status bw_conv2d(df_node *node, const df_tensor *grad, df_tensor **gi)
   bool need_b = node->ninputs > 2 && df_node_needs_grad(node, 2);
   bool products = g.k > 0 && g.og > 0;
   df_tensor *dout = NULL, *x = NULL, *w = NULL, *dx = NULL, *dw = NULL, *db = NULL;
-  float *col = NULL;
+  float *col = NULL, *tmp = NULL;
   df_status st;
+  int64_t chunk = chunk_images(&g);
   if ((st = df_tensor_contiguous(&dout, grad))) goto done;
   if (need_x && ((st = df_tensor_contiguous(&w, node->saved[1])) || (st = df_tensor_zeros(&dx, 4, ex->size)))) goto done;
   if (need_w && ((st = df_tensor_contiguous(&x, node->saved[0])) || (st = df_tensor_zeros(&dw, 4, ew->size)))) goto done;
   if (need_b && (st = df_tensor_empty(&db, 1, &g.o))) goto done;
-  if ((need_x || need_w) && g.n > 0 && products && !(col = workspace(&g))) {
+  if ((need_x || need_w) && g.n > 0 && products &&
+      (!(col = df_malloc(sizeof(float) * (size_t)(g.groups * g.k * chunk * g.l))) ||
+       !(tmp = df_malloc(sizeof(float) * (size_t)(g.o * chunk * g.l))))) {
     st = df_error(DF_ENOMEM, "conv2d: out of memory for the im2col workspace");
     goto done;
   }
-  const float *gp = df_tensor_data(dout);
-  for (int64_t n = 0; products && n < g.n; n++) {
-    const float *gn = gp + n * g.o * g.l;
+  float *gp = df_tensor_data(dout);
+  for (int64_t n0 = 0; products && (need_x || need_w) && n0 < g.n; n0 += chunk) {
+    int64_t images = g.n - n0 < chunk ? g.n - n0 : chunk, ld = images * g.l;
+    gather(&g, tmp, gp + n0 * g.o * g.l, images, true, false); /* dout of the chunk as (O, images * L) */
     if (need_w) {
       float *dwp = df_tensor_data(dw);
-      im2col(&g, df_tensor_data(x) + n * g.c * g.h * g.w, col);
+      im2col(&g, df_tensor_data(x) + n0 * g.c * g.h * g.w, images, col);
       for (int64_t gr = 0; gr < g.groups; gr++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g.og, (int)g.k, (int)g.l, 1.0f, gn + gr * g.og * g.l,
-                    (int)g.l, col + gr * g.k * g.l, (int)g.l, 1.0f, dwp + gr * g.og * g.k, (int)g.k);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g.og, (int)g.k, (int)ld, 1.0f, tmp + gr * g.og * ld,
+                    (int)ld, col + gr * g.k * ld, (int)ld, 1.0f, dwp + gr * g.og * g.k, (int)g.k);
     }
     if (need_x) {
       const float *wp = df_tensor_data(w);
       for (int64_t gr = 0; gr < g.groups; gr++)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)g.k, (int)g.l, (int)g.og, 1.0f, wp + gr * g.og * g.k,
-                    (int)g.k, gn + gr * g.og * g.l, (int)g.l, 0.0f, col + gr * g.k * g.l, (int)g.l);
-      col2im(&g, col, df_tensor_data(dx) + n * g.c * g.h * g.w);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)g.k, (int)ld, (int)g.og, 1.0f, wp + gr * g.og * g.k,
+                    (int)g.k, tmp + gr * g.og * ld, (int)ld, 0.0f, col + gr * g.k * ld, (int)ld);
+      col2im(&g, col, images, df_tensor_data(dx) + n0 * g.c * g.h * g.w);
     }
   }
   if (need_b) {
@@ -322,6 +387,7 @@ static df_status bw_conv2d(df_node *node, const df_tensor *grad, df_tensor **gi)
   }
 done:
   df_free(col);
+  df_free(tmp);
   df_tensor_release(dout);
   df_tensor_release(x);
   df_tensor_release(w);

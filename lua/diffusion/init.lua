@@ -127,6 +127,8 @@ D.optim = require "diffusion.optim"
 D.EMA = D.optim.EMA
 D.image = require "diffusion.image"
 D.UNet = require "diffusion.unet"
+D.schedule = require "diffusion.schedule"
+D.sample = require "diffusion.sample"
 D._debug_corrupt_backward = core._debug_corrupt_backward -- test hook for the checker itself
 
 D.version = "scm"
