@@ -100,7 +100,7 @@ for epoch = 1, opts.epochs do
     opt:zero_grad()
     loss:backward()
     opt:step()
-    bar:update(step, { loss = loss:item(), epoch = epoch }, x:size(1))
+    bar:update(step, { loss = loss:item() }, x:size(1))
     if opts.rss ~= 0 and (step == 100 or step == total) then
       memory_report[#memory_report + 1] = string.format("step %d: resident %.1f MiB, tensors %.1f MiB",
         step, rss_kib() / 1024, D.memory_allocated() / 2 ^ 20)

@@ -4,7 +4,8 @@
 --   for step = 1, 1000 do ...; bar:update(step, {loss = l}, batch_size) end
 --   bar:finish()
 --
--- Prints "label  step/total  loss 0.1234  512 img/s  ETA 1m05s" on one line,
+-- Prints "label  step/total  loss 0.1234  512 img/s  ETA 1m05s" on one line
+-- (opts.unit names what `items` counts, "img" by default),
 -- rewritten at most every `interval` seconds (0.5), to io.stderr by default.
 -- Numbers given in `stats` are averaged since the last printed line.
 local core = require "diffusion.core"
@@ -49,7 +50,7 @@ function Progress:print(now)
       self.sums[name], self.counts[name] = 0, 0
     end
   end
-  if self.items > 0 and elapsed > 0 then parts[#parts + 1] = string.format("%.0f img/s", self.items / elapsed) end
+  if self.items > 0 and elapsed > 0 then parts[#parts + 1] = string.format("%.0f %s/s", self.items / elapsed, self.unit) end
   if self.total and self.step and self.step > 0 then
     parts[#parts + 1] = "ETA " .. duration(elapsed / self.step * (self.total - self.step))
   end
@@ -75,7 +76,7 @@ return function(opts)
     error("progress: total must be a non-negative integer, got " .. tostring(opts.total), 2)
   end
   return setmetatable({
-    total = opts.total, label = opts.label or "", interval = opts.interval or 0.5,
+    total = opts.total, label = opts.label or "", interval = opts.interval or 0.5, unit = opts.unit or "img",
     out = opts.out or io.stderr, start = core.clock(), last_print = -math.huge,
     items = 0, sums = {}, counts = {}, order = {}, line = "",
   }, Progress)
