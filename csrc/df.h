@@ -201,7 +201,14 @@ df_status df_reduce(df_reduce_op op, df_tensor **out, const df_tensor *a, int nd
 df_status df_argreduce(df_reduce_op op, df_tensor **values, df_tensor **indices, const df_tensor *a,
                        int dim, bool keepdim, int index_base);
 
-/* ---- matmul (ops/matmul.c) ---------------------------------------------- */
+/* ---- matrix products (ops/gemm.c, ops/matmul.c) -------------------------- */
+
+/* C (m x n) = alpha op(A) op(B) + beta C, row-major, op = transpose when ta/tb.
+ * Single-threaded BLAS on blocks cut by shape only and run on the pool, so
+ * the result doesn't depend on the thread count. */
+void df_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *A, int64_t lda, const float *B,
+             int64_t ldb, float beta, float *C, int64_t ldc);
+
 
 /* (..., n, k) x (..., k, m) -> (..., n, m); batch dims broadcast. */
 df_status df_matmul(df_tensor **out, const df_tensor *a, const df_tensor *b);

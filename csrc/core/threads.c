@@ -1,10 +1,10 @@
 /* threads.c — the library's one thread pool.
  *
  * df_parallel_for hands out task indices [0, ntasks) to the workers and the
- * calling thread. Workers sleep on a condition variable between calls, so
- * they never compete with OpenBLAS's threads, which only run between our
- * parallel regions (BLAS is never called from inside one). Both use the
- * same thread count, set by df_set_num_threads. */
+ * calling thread. Workers sleep on a condition variable between calls.
+ * OpenBLAS is kept single-threaded: df_gemm (ops/gemm.c) splits products over
+ * this pool instead, because OpenBLAS's own workers spin in sched_yield after
+ * each call and stole the cores from ours. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <unistd.h>
@@ -74,7 +74,7 @@ static void ensure_init(void) {
   if (initialised) return;
   initialised = true;
   pool.nthreads = default_threads();
-  openblas_set_num_threads(pool.nthreads);
+  openblas_set_num_threads(1);
 }
 
 /* Starts workers up to n - 1; on failure runs with fewer threads. */
@@ -95,7 +95,6 @@ df_status df_set_num_threads(int n) {
   pthread_mutex_lock(&pool.lock);
   pool.nthreads = n;
   pthread_mutex_unlock(&pool.lock);
-  openblas_set_num_threads(n);
   pthread_mutex_unlock(&call_lock);
   return DF_OK;
 }

@@ -291,9 +291,7 @@ static df_status conv_forward(df_tensor **out, const df_tensor *x_in, const df_t
       }
     }
     for (int64_t gi = 0; gi < g->groups; gi++)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g->og, (int)ld, (int)g->k, 1.0f,
-                  wp + gi * g->og * g->k, (int)g->k, col + gi * g->k * ld, (int)ld, bp ? 1.0f : 0.0f,
-                  tmp + gi * g->og * ld, (int)ld);
+      df_gemm(false, false, g->og, ld, g->k, 1.0f, wp + gi * g->og * g->k, g->k, col + gi * g->k * ld, ld, bp ? 1.0f : 0.0f, tmp + gi * g->og * ld, ld);
     gather(g, tmp, op + n0 * g->o * g->l, images, false, false);
   }
   if (!products && bp) {
@@ -370,14 +368,12 @@ static df_status bw_conv2d(df_node *node, const df_tensor *grad, df_tensor **gi)
       float *dwp = df_tensor_data(dw);
       im2col(&g, df_tensor_data(x) + n0 * g.c * g.h * g.w, images, col);
       for (int64_t gr = 0; gr < g.groups; gr++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g.og, (int)g.k, (int)ld, 1.0f, tmp + gr * g.og * ld,
-                    (int)ld, col + gr * g.k * ld, (int)ld, 1.0f, dwp + gr * g.og * g.k, (int)g.k);
+        df_gemm(false, true, g.og, g.k, ld, 1.0f, tmp + gr * g.og * ld, ld, col + gr * g.k * ld, ld, 1.0f, dwp + gr * g.og * g.k, g.k);
     }
     if (need_x) {
       const float *wp = df_tensor_data(w);
       for (int64_t gr = 0; gr < g.groups; gr++)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)g.k, (int)ld, (int)g.og, 1.0f, wp + gr * g.og * g.k,
-                    (int)g.k, tmp + gr * g.og * ld, (int)ld, 0.0f, col + gr * g.k * ld, (int)ld);
+        df_gemm(true, false, g.k, ld, g.og, 1.0f, wp + gr * g.og * g.k, g.k, tmp + gr * g.og * ld, ld, 0.0f, col + gr * g.k * ld, ld);
       col2im(&g, col, images, df_tensor_data(dx) + n0 * g.c * g.h * g.w);
     }
   }
