@@ -55,7 +55,8 @@ end
 
 --- ds:batches(size [, opts]) -> iterator of (batch_number, x, y)
 -- opts: shuffle (true), seed or generator (the order; default: the default
--- generator), drop_last (false).
+-- generator), drop_last (false), skip (batches to pass over without
+-- building them, to resume inside an epoch; 0).
 function Dataset:batches(size, opts)
   opts = opts or {}
   if type(size) ~= "number" or size < 1 or size ~= math.floor(size) then
@@ -71,7 +72,7 @@ function Dataset:batches(size, opts)
     order = permutation(n, generator)
   end
   local count = opts.drop_last and n // size or (n + size - 1) // size
-  local b = 0
+  local b = opts.skip or 0
   return function()
     b = b + 1
     if b > count then return nil end

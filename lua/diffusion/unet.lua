@@ -42,7 +42,8 @@ function UNet:forward(x, t, y)
         self.config.num_classes + 1, self.config.num_classes + 1, lo, hi), 2)
     end
   end
-  return core.unet_forward(self._net, x, t, y, self.training)
+  -- dropout draws from model.generator when set (the trainer's, so a resumed run repeats it)
+  return core.unet_forward(self._net, x, t, y, self.training, self.generator)
 end
 
 function UNet:extra_repr()
