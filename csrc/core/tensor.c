@@ -26,6 +26,7 @@ static df_storage *storage_new(int64_t numel, bool zero) {
   }
   s->numel = numel;
   s->refcount = 1;
+  s->version = 0;
   atomic_fetch_add(&live_bytes, bytes);
   atomic_fetch_add(&allocated_bytes, bytes);
   return s;
