@@ -48,16 +48,7 @@ D.manual_seed(opts.seed)
 local train = D.data.fashion_mnist{ split = "train" }
 local test = D.data.fashion_mnist{ split = "test" }
 
--- the classifier: 28x28 -> 14x14 -> 7x7, then one linear layer
-local function Classifier()
-  return nn.Sequential(
-    nn.Conv2d(1, 32, 3, { padding = 1 }), nn.GroupNorm(8, 32), nn.SiLU(), nn.AvgPool2d(2),
-    nn.Conv2d(32, 64, 3, { padding = 1 }), nn.GroupNorm(8, 64), nn.SiLU(), nn.AvgPool2d(2),
-    nn.Conv2d(64, 64, 3, { padding = 1 }), nn.GroupNorm(8, 64), nn.SiLU(),
-    nn.Flatten(), nn.Linear(64 * 7 * 7, 10))
-end
-
-local model = Classifier()
+local model = D.models.fashion_classifier() -- lua/diffusion/models.lua
 print(model)
 
 local steps_per_epoch = (#train + opts.batch - 1) // opts.batch

@@ -29,4 +29,8 @@ build = {
     INST_LIBDIR = "$(LIBDIR)",
     INST_LUADIR = "$(LUADIR)",
   },
+  -- the `diffusion` command; it needs Debian's lua-argparse
+  install = {
+    bin = { diffusion = "lua/bin/diffusion" },
+  },
 }

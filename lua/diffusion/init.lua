@@ -2,6 +2,7 @@
 -- The C core (`diffusion.core`) does the work; this file adds what is easier
 -- to say in Lua: printing tensors and the module table users require.
 local core = require "diffusion.core"
+local util = require "diffusion.util"
 
 local D = {}
 for name, value in pairs(core) do
@@ -16,9 +17,7 @@ local mt = core._Tensor_mt
 local EDGE = 3         -- items shown at each end of an abbreviated dim
 local SUMMARIZE = 1000 -- tensors with more elements are abbreviated
 
-local function shape_string(shape)
-  return "{" .. table.concat(shape, ",") .. "}"
-end
+local shape_string = util.shape_string
 
 -- Picks one number format for all shown values, as PyTorch does.
 local function number_format(values)
@@ -111,13 +110,7 @@ D.tostring = mt.__tostring
 --- D.no_grad(fn, ...): runs fn(...) without recording the autograd graph
 -- (no activations are kept for a backward), and returns what fn returns.
 -- The previous mode is restored even when fn raises.
-function D.no_grad(fn, ...)
-  local previous = core.set_grad_enabled(false)
-  local result = table.pack(pcall(fn, ...))
-  core.set_grad_enabled(previous)
-  if not result[1] then error(result[2], 0) end
-  return table.unpack(result, 2, result.n)
-end
+D.no_grad = util.no_grad
 
 D.gradcheck = require "diffusion.gradcheck"
 D.nn = require "diffusion.nn"
@@ -129,6 +122,9 @@ D.image = require "diffusion.image"
 D.UNet = require "diffusion.unet"
 D.schedule = require "diffusion.schedule"
 D.sample = require "diffusion.sample"
+D.checkpoint = require "diffusion.checkpoint"
+D.train = require "diffusion.train"
+D.models = require "diffusion.models"
 D._debug_corrupt_backward = core._debug_corrupt_backward -- test hook for the checker itself
 
 D.version = "scm"

@@ -9,15 +9,11 @@
 -- order, so named_parameters() gives stable dotted names ("3.weight",
 -- "block.conv1.bias") for state_dict() and checkpoints.
 local core = require "diffusion.core"
+local util = require "diffusion.util"
 
 local nn = {}
 
-local function no_grad(fn)
-  local previous = core.set_grad_enabled(false)
-  local ok, err = pcall(fn)
-  core.set_grad_enabled(previous)
-  if not ok then error(err, 0) end
-end
+local no_grad, shape_string = util.no_grad, util.shape_string
 
 --- Module ------------------------------------------------------------------
 
@@ -142,6 +138,11 @@ function Module:load_state_dict(sd, strict)
     end
     table.sort(extra)
     for _, e in ipairs(extra) do problems[#problems + 1] = e end
+  end
+  if #problems > 10 then -- the first ten say enough; a wrong file would list hundreds
+    local more = #problems - 10
+    for i = #problems, 11, -1 do problems[i] = nil end
+    problems[#problems + 1] = string.format("and %d more", more)
   end
   if #problems > 0 then error("load_state_dict: " .. table.concat(problems, "; "), 2) end
   no_grad(function()
@@ -272,7 +273,7 @@ function LayerNorm:init(shape, opts)
   end
 end
 function LayerNorm:forward(x) return core.layer_norm(x, self.shape, self.weight, self.bias, self.eps) end
-function LayerNorm:extra_repr() return "{" .. table.concat(self.shape, ",") .. "}" end
+function LayerNorm:extra_repr() return shape_string(self.shape) end
 
 --- Activations, shape changes, pooling (no parameters)
 local function simple(name, fn)
