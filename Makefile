@@ -20,11 +20,11 @@ BLAS_LIBS   ?= $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenb
 STB_CFLAGS  ?= $(shell $(PKG_CONFIG) --cflags stb 2>/dev/null || echo -I/usr/include/stb)
 STB_LIBS    ?= $(shell $(PKG_CONFIG) --libs stb 2>/dev/null || echo -lstb)
 
-CFLAGS   ?= -O2
+CFLAGS   ?= -O3
 LIBFLAG  ?= -shared
 WARNINGS := -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wformat=2 -Wundef -Wvla -Wpointer-arith -Wcast-align
-DF_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC $(WARNINGS) $(BLAS_CFLAGS) $(STB_CFLAGS)
+DF_CFLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -fno-math-errno $(WARNINGS) $(BLAS_CFLAGS) $(STB_CFLAGS)
 ifdef WERROR
 DF_CFLAGS += -Werror
 endif
@@ -49,11 +49,11 @@ SPECS ?= spec
 
 all: $(MODULE)
 
-$(BUILD)/obj/%.o: csrc/%.c $(HEADERS)
+$(BUILD)/obj/%.o: csrc/%.c $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DF_CFLAGS) -c $< -o $@
 
-$(BUILD)/obj/binding/%.o: csrc/binding/%.c $(HEADERS)
+$(BUILD)/obj/binding/%.o: csrc/binding/%.c $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DF_CFLAGS) -I$(LUA_INCDIR) -c $< -o $@
 

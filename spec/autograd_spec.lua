@@ -5,58 +5,12 @@
 -- grad_fn fields, long chains and memory. Gradients of each op over many
 -- shapes are checked numerically in gradcheck_spec.lua.
 local D = require "diffusion"
+local H = require "helpers"
 
 --- helpers --------------------------------------------------------------------
 
-local function tolist(v)
-  if type(v) == "userdata" then
-    if v:dim() == 0 then return v:item() end
-    return v:totable()
-  end
-  return v
-end
-
-local function compare(a, e, tol, path)
-  if type(e) == "table" then
-    if type(a) ~= "table" then return false, path .. ": expected a table, got " .. tostring(a) end
-    if #a ~= #e then return false, string.format("%s: expected %d elements, got %d", path, #e, #a) end
-    for i = 1, #e do
-      local ok, msg = compare(a[i], e[i], tol, path .. "[" .. i .. "]")
-      if not ok then return false, msg end
-    end
-    return true
-  end
-  if type(a) ~= "number" or math.abs(a - e) > tol * math.max(1, math.abs(e)) then
-    return false, string.format("%s: expected %.9g, got %s", path, e, tostring(a))
-  end
-  return true
-end
-
-local function assert_close(actual, expected, tol)
-  assert.is_not_nil(actual, "expected a tensor, got nil")
-  local ok, msg = compare(tolist(actual), tolist(expected), tol or 1e-6, "value")
-  assert.is_true(ok, msg)
-end
-
--- the error message of fn(...), which must fail
-local function error_of(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
-
-local function assert_error(pattern, fn, ...)
-  local err = error_of(fn, ...)
-  assert.is_truthy(err:find(pattern), "error '" .. err .. "' does not match '" .. pattern .. "'")
-end
-
-local function leaf(t) return D.tensor(t):requires_grad_() end
-
-local function settled()
-  collectgarbage()
-  collectgarbage()
-  return D.memory_allocated()
-end
+-- H.assert_close with this file's default tolerance, 1e-6
+local function assert_close(actual, expected, tol) H.assert_close(actual, expected, tol or 1e-6) end
 
 -- Runs a chunk in a child Lua with this one's module paths (and environment,
 -- sanitizers included) and returns whether it exited cleanly and its output:
@@ -82,7 +36,7 @@ end
 
 describe("backward computes", function()
   it("y = x * x: grad 2x", function()
-    local x = leaf { 1, -2, 3 }
+    local x = H.leaf { 1, -2, 3 }
     local y = x * x
     y:sum():backward()
     assert_close(x.grad, { 2, -4, 6 })
@@ -96,7 +50,7 @@ describe("backward computes", function()
   end)
 
   it("a tensor used twice gets both contributions: y = x * x + x gives 2x + 1", function()
-    local x = leaf { 1, -2, 3 }
+    local x = H.leaf { 1, -2, 3 }
     ;(x * x + x):sum():backward()
     assert_close(x.grad, { 3, -3, 7 })
   end)
@@ -119,7 +73,7 @@ describe("backward computes", function()
   end)
 
   it("gradients accumulate across two backward calls", function()
-    local x = leaf { 1, -2, 3 }
+    local x = H.leaf { 1, -2, 3 }
     ;(x * x + x):sum():backward()
     ;(x * x + x):sum():backward()
     assert_close(x.grad, { 6, -6, 14 })
@@ -128,18 +82,18 @@ describe("backward computes", function()
   end)
 
   it("the chain rule through several ops: sum(exp(3x))", function()
-    local x = leaf { 0, 1, -1 }
+    local x = H.leaf { 0, 1, -1 }
     ;(x * 3):exp():sum():backward()
     assert_close(x.grad, { 3, 3 * math.exp(3), 3 * math.exp(-3) }, 1e-5)
   end)
 
   it("both inputs of a binary op, with broadcasting summed back", function()
-    local a = leaf { { 1, 2, 3 }, { 4, 5, 6 } } -- {2,3}
-    local b = leaf { 10, 20, 30 } -- {3}, broadcast over the rows
+    local a = H.leaf { { 1, 2, 3 }, { 4, 5, 6 } } -- {2,3}
+    local b = H.leaf { 10, 20, 30 } -- {3}, broadcast over the rows
     ;(a * b):sum():backward()
     assert_close(a.grad, { { 10, 20, 30 }, { 10, 20, 30 } })
     assert_close(b.grad, { 5, 7, 9 })
-    local c = leaf { { 1 }, { 2 } } -- {2,1}
+    local c = H.leaf { { 1 }, { 2 } } -- {2,1}
     local d = D.tensor(2):requires_grad_() -- 0-d
     ;(c - d):sum():backward()
     assert_close(c.grad, { { 1 }, { 1 } })
@@ -148,15 +102,15 @@ describe("backward computes", function()
   end)
 
   it("matmul: dA = G Bt and dB = At G", function()
-    local a = leaf { { 1, 2 }, { 3, 4 } }
-    local b = leaf { { 5 }, { 6 } }
+    local a = H.leaf { { 1, 2 }, { 3, 4 } }
+    local b = H.leaf { { 5 }, { 6 } }
     a:matmul(b):sum():backward()
     assert_close(a.grad, { { 5, 6 }, { 5, 6 } })
     assert_close(b.grad, { { 4 }, { 6 } })
   end)
 
   it("sum, mean and var over a dim", function()
-    local x = leaf { { 1, 2, 3 }, { 4, 5, 9 } }
+    local x = H.leaf { { 1, 2, 3 }, { 4, 5, 9 } }
     x:sum(2):backward(D.tensor { 1, 2 })
     assert_close(x.grad, { { 1, 1, 1 }, { 2, 2, 2 } })
     x.grad = nil
@@ -168,7 +122,7 @@ describe("backward computes", function()
   end)
 
   it("max and min over all elements share the gradient between ties", function()
-    local x = leaf { 1, 5, 2, 5 }
+    local x = H.leaf { 1, 5, 2, 5 }
     x:max():backward()
     assert_close(x.grad, { 0, 0.5, 0, 0.5 })
     x.grad = nil
@@ -177,7 +131,7 @@ describe("backward computes", function()
   end)
 
   it("max(dim) sends each row's gradient to its maximum (ties: 1 in all over the tied places)", function()
-    local x = leaf { { 1, 7, 3 }, { 4, 4, 2 } }
+    local x = H.leaf { { 1, 7, 3 }, { 4, 4, 2 } }
     local values, indices = x:max(2)
     assert.is_false(indices.requires_grad)
     values:backward(D.tensor { 10, 20 })
@@ -188,58 +142,58 @@ describe("backward computes", function()
   end)
 
   it("maximum and minimum split ties evenly", function()
-    local a, b = leaf { 1, 2, 3 }, leaf { 3, 2, 1 }
+    local a, b = H.leaf { 1, 2, 3 }, H.leaf { 3, 2, 1 }
     a:maximum(b):sum():backward()
     assert_close(a.grad, { 0, 0.5, 1 })
     assert_close(b.grad, { 1, 0.5, 0 })
   end)
 
   it("clamp passes the gradient inside the bounds, bounds included", function()
-    local x = leaf { -2, -1, 0, 1, 2 }
+    local x = H.leaf { -2, -1, 0, 1, 2 }
     x:clamp(-1, 1):sum():backward()
     assert_close(x.grad, { 0, 1, 1, 1, 0 })
   end)
 
   it("relu and abs have gradient 0 at 0", function()
-    local x = leaf { -1, 0, 2 }
+    local x = H.leaf { -1, 0, 2 }
     ;(x:relu() + x:abs()):sum():backward()
     assert_close(x.grad, { -1, 0, 2 })
   end)
 
   it("pow at a zero base: d/dx x^2 = 0 and d/dy 0^y = 0 (not NaN)", function()
-    local x, y = leaf { 0, 3 }, leaf { 2, 2 }
+    local x, y = H.leaf { 0, 3 }, H.leaf { 2, 2 }
     ;(x ^ y):sum():backward()
     assert_close(x.grad, { 0, 6 })
     assert_close(y.grad, { 0, 9 * math.log(3) }, 1e-5)
   end)
 
   it("where sends the gradient to the branch each element came from", function()
-    local a, b = leaf { 1, 2, 3 }, leaf { 4 }
+    local a, b = H.leaf { 1, 2, 3 }, H.leaf { 4 }
     D.where(D.tensor { 1, 0, 1 }, a, b):sum():backward()
     assert_close(a.grad, { 1, 0, 1 })
     assert_close(b.grad, { 1 })
   end)
 
   it("cat and stack hand each input its part", function()
-    local a, b = leaf { 1, 2 }, leaf { 3 }
+    local a, b = H.leaf { 1, 2 }, H.leaf { 3 }
     ;(D.cat { a, b } * D.tensor { 10, 20, 30 }):sum():backward()
     assert_close(a.grad, { 10, 20 })
     assert_close(b.grad, { 30 })
-    local c, d = leaf { 1, 2 }, leaf { 3, 4 }
+    local c, d = H.leaf { 1, 2 }, H.leaf { 3, 4 }
     ;(D.stack({ c, d }, 2) * D.tensor { { 1, 2 }, { 3, 4 } }):sum():backward()
     assert_close(c.grad, { 1, 3 })
     assert_close(d.grad, { 2, 4 })
   end)
 
   it("only into inputs that require grad", function()
-    local x, c = leaf { 1, 2 }, D.tensor { 3, 4 }
+    local x, c = H.leaf { 1, 2 }, D.tensor { 3, 4 }
     ;(x * c):sum():backward()
     assert_close(x.grad, { 3, 4 })
     assert.is_nil(c.grad)
   end)
 
   it("nothing into a leaf the result doesn't depend on", function()
-    local x, unused = leaf { 1 }, leaf { 2 }
+    local x, unused = H.leaf { 1 }, H.leaf { 2 }
     local _ = unused * 2
     ;(x * 2):sum():backward()
     assert.is_nil(unused.grad)
@@ -250,7 +204,7 @@ end)
 
 describe("gradients through views", function()
   it("a sum of a slice: ones in the slice, zeros elsewhere", function()
-    local x = leaf { { 1, 2, 3, 4 }, { 5, 6, 7, 8 }, { 9, 10, 11, 12 } }
+    local x = H.leaf { { 1, 2, 3, 4 }, { 5, 6, 7, 8 }, { 9, 10, 11, 12 } }
     x:slice(2, 2, 3):sum():backward()
     assert_close(x.grad, { { 0, 1, 1, 0 }, { 0, 1, 1, 0 }, { 0, 1, 1, 0 } })
     x.grad = nil
@@ -259,7 +213,7 @@ describe("gradients through views", function()
   end)
 
   it("select, x[i] and narrow", function()
-    local x = leaf { { 1, 2, 3 }, { 4, 5, 6 } }
+    local x = H.leaf { { 1, 2, 3 }, { 4, 5, 6 } }
     ;(x[2] * D.tensor { 1, 2, 3 }):sum():backward()
     assert_close(x.grad, { { 0, 0, 0 }, { 1, 2, 3 } })
     x.grad = nil
@@ -271,13 +225,13 @@ describe("gradients through views", function()
   end)
 
   it("overlapping views accumulate", function()
-    local x = leaf { 1, 2, 3 }
+    local x = H.leaf { 1, 2, 3 }
     ;(x:narrow(1, 1, 2):sum() + x:narrow(1, 2, 2):sum() * 10):backward()
     assert_close(x.grad, { 1, 11, 10 })
   end)
 
   it("transpose, permute and a copying reshape route each element back", function()
-    local x = leaf { { 1, 2, 3 }, { 4, 5, 6 } }
+    local x = H.leaf { { 1, 2, 3 }, { 4, 5, 6 } }
     local w = D.tensor { { 1, 2 }, { 3, 4 }, { 5, 6 } }
     ;(x:t() * w):sum():backward()
     assert_close(x.grad, { { 1, 3, 5 }, { 2, 4, 6 } })
@@ -285,13 +239,13 @@ describe("gradients through views", function()
     ;(x:t():reshape(6) * D.tensor { 1, 2, 3, 4, 5, 6 }):sum():backward() -- x:t() flat is 1 4 2 5 3 6
     assert_close(x.grad, { { 1, 3, 5 }, { 2, 4, 6 } })
     x.grad = nil
-    local y = leaf { { { 1, 2 } }, { { 3, 4 } } } -- {2,1,2}
+    local y = H.leaf { { { 1, 2 } }, { { 3, 4 } } } -- {2,1,2}
     ;(y:permute(3, 1, 2):squeeze(3) * D.tensor { { 1, 2 }, { 3, 4 } }):sum():backward()
     assert_close(y.grad, { { { 1, 3 } }, { { 2, 4 } } })
   end)
 
   it("expand sums the gradient back over the expanded dims", function()
-    local x = leaf { { 1 }, { 2 } }
+    local x = H.leaf { { 1 }, { 2 } }
     ;(x:expand(2, 3) * D.tensor { { 1, 2, 3 }, { 4, 5, 6 } }):sum():backward()
     assert_close(x.grad, { { 6 }, { 15 } })
     local s = D.tensor(1):requires_grad_()
@@ -300,7 +254,7 @@ describe("gradients through views", function()
   end)
 
   it("views of a leaf are not leaves and require grad", function()
-    local x = leaf { 1, 2, 3, 4 }
+    local x = H.leaf { 1, 2, 3, 4 }
     local v = x:view(2, 2)
     assert.is_true(v.requires_grad)
     assert.is_false(v.is_leaf)
@@ -336,14 +290,14 @@ describe("gradients of empty tensors", function()
   end)
 
   it("an empty piece of a cat, an empty slice, an empty operand of a broadcast", function()
-    local a, b = D.zeros(0, 3):requires_grad_(), leaf { { 1, 2, 3 } }
+    local a, b = D.zeros(0, 3):requires_grad_(), H.leaf { { 1, 2, 3 } }
     D.cat({ a, b }):sum():backward()
     assert.are.same({ 0, 3 }, a.grad:shape())
     assert_close(b.grad, { { 1, 1, 1 } })
-    local c = leaf { 1, 2, 3 }
+    local c = H.leaf { 1, 2, 3 }
     c:slice(1, 3, 2):sum():backward()
     assert_close(c.grad, { 0, 0, 0 })
-    local e, f = D.ones(0, 3):requires_grad_(), leaf { 1, 2, 3 }
+    local e, f = D.ones(0, 3):requires_grad_(), H.leaf { 1, 2, 3 }
     ;(e * f):sum():backward()
     assert_close(f.grad, { 0, 0, 0 })
   end)
@@ -353,7 +307,7 @@ end)
 
 describe("detach", function()
   it("gives a leaf sharing storage that doesn't require grad", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     local y = x * 2
     local d = y:detach()
     assert.is_false(d.requires_grad)
@@ -365,21 +319,21 @@ describe("detach", function()
   end)
 
   it("cuts the graph: x * x:detach() has gradient x, not 2x", function()
-    local x = leaf { 1, -2, 3 }
+    local x = H.leaf { 1, -2, 3 }
     ;(x * x:detach()):sum():backward()
     assert_close(x.grad, { 1, -2, 3 })
   end)
 
   it("a graph built only on detached tensors doesn't require grad", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     local y = (x:detach() * 3):exp()
     assert.is_false(y.requires_grad)
     assert.is_nil(y.grad_fn)
-    assert_error("does not require grad", function() y:sum():backward() end)
+    H.assert_error_matching("does not require grad", function() y:sum():backward() end)
   end)
 
   it("can be written in place, and the writes show in the original", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     local d = x:detach()
     d:add_(1)
     assert_close(x, { 2, 3 })
@@ -390,7 +344,7 @@ end)
 
 describe("no_grad and set_grad_enabled", function()
   it("no_grad records nothing", function()
-    local x = leaf { 1, 2, 3 }
+    local x = H.leaf { 1, 2, 3 }
     local y, v = D.no_grad(function()
       assert.is_false(D.is_grad_enabled())
       return x * 2, x:view(3, 1)
@@ -401,7 +355,7 @@ describe("no_grad and set_grad_enabled", function()
       assert.is_nil(t.grad_fn)
       assert.is_true(t.is_leaf)
     end
-    assert_error("does not require grad", function() y:sum():backward() end)
+    H.assert_error_matching("does not require grad", function() y:sum():backward() end)
   end)
 
   it("no_grad passes arguments and returns every result, nils included", function()
@@ -414,23 +368,23 @@ describe("no_grad and set_grad_enabled", function()
   end)
 
   it("no_grad restores the mode after an error inside and passes the error on", function()
-    local err = error_of(D.no_grad, function() error("boom inside") end)
+    local err = H.error_of(D.no_grad, function() error("boom inside") end)
     assert.is_truthy(err:find("boom inside", 1, true), err)
     assert.is_true(D.is_grad_enabled())
-    err = error_of(D.no_grad, function() return D.ones(2) + D.ones(3) end)
+    err = H.error_of(D.no_grad, function() return D.ones(2) + D.ones(3) end)
     assert.is_truthy(err:find("cannot broadcast", 1, true), err)
     assert.is_true(D.is_grad_enabled())
     -- nested in a disabled region: restored to disabled
     local previous = D.set_grad_enabled(false)
     finally(function() D.set_grad_enabled(true) end)
     assert.is_true(previous)
-    error_of(D.no_grad, function() error("again") end)
+    H.error_of(D.no_grad, function() error("again") end)
     assert.is_false(D.is_grad_enabled())
   end)
 
   it("set_grad_enabled switches recording and returns the previous mode", function()
     finally(function() D.set_grad_enabled(true) end)
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     assert.is_true(D.set_grad_enabled(false))
     assert.is_false(D.is_grad_enabled())
     local y = x * x
@@ -440,12 +394,12 @@ describe("no_grad and set_grad_enabled", function()
     local z = x * x
     assert.is_true(z.requires_grad)
     assert.are.equal("mul", z.grad_fn)
-    assert_error("boolean expected", D.set_grad_enabled, 1)
-    assert_error("boolean expected", D.set_grad_enabled)
+    H.assert_error_matching("boolean expected", D.set_grad_enabled, 1)
+    H.assert_error_matching("boolean expected", D.set_grad_enabled)
   end)
 
   it("backward inside no_grad still runs the recorded graph and keeps the mode", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     local y = (x * x):sum()
     D.no_grad(function()
       y:backward()
@@ -455,7 +409,7 @@ describe("no_grad and set_grad_enabled", function()
   end)
 
   it("in-place ops on a leaf that requires grad are allowed inside no_grad (an optimizer step)", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     ;(x * x):sum():backward()
     D.no_grad(function() x:sub_(x.grad * 0.5) end)
     assert_close(x, { 0, 0 })
@@ -468,25 +422,25 @@ end)
 
 describe("backward", function()
   it("on a non-scalar without a gradient errors with a clear message", function()
-    local x = leaf { 1, 2, 3 }
-    local err = error_of(function() (x * 2):backward() end)
+    local x = H.leaf { 1, 2, 3 }
+    local err = H.error_of(function() (x * 2):backward() end)
     assert.is_truthy(err:find("a gradient must be given for a non-scalar tensor of shape {3}", 1, true), err)
     assert.is_nil(x.grad)
   end)
 
   it("takes an explicit gradient", function()
-    local x = leaf { 1, 2, 3 }
+    local x = H.leaf { 1, 2, 3 }
     local g = D.tensor { 1, 0.5, -1 }
     ;(x * x):backward(g)
     assert_close(x.grad, { 2, 2, -6 })
     assert_close(g, { 1, 0.5, -1 }) -- untouched
-    local m = leaf { { 1, 2 }, { 3, 4 } }
+    local m = H.leaf { { 1, 2 }, { 3, 4 } }
     m:t():backward(D.tensor { { 1, 2 }, { 3, 4 } })
     assert_close(m.grad, { { 1, 3 }, { 2, 4 } })
   end)
 
   it("copies the explicit gradient: changing it afterwards changes no grad", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     local g = D.tensor { 5, 6 }
     x:clone():backward(g)
     g:fill_(0)
@@ -502,7 +456,7 @@ describe("backward", function()
       function(x) return x:clone() end,
     }
     for i, root in ipairs(roots) do
-      local x = leaf { 1, 1, 1 }
+      local x = H.leaf { 1, 1, 1 }
       root(x):backward(g)
       assert.is_false(x.grad.requires_grad, "root " .. i)
       assert.is_nil(x.grad.grad_fn, "root " .. i)
@@ -512,10 +466,10 @@ describe("backward", function()
   end)
 
   it("rejects a gradient of the wrong shape or type", function()
-    local x = leaf { 1, 2, 3 }
-    assert_error("gradient of shape {2} given for a tensor of shape {3}", function() (x * 2):backward(D.ones(2)) end)
-    assert_error("gradient of shape {1} given for a tensor of shape {}", function() x:sum():backward(D.ones(1)) end)
-    assert_error("diffusion.Tensor expected", function() (x * 2):backward(1) end)
+    local x = H.leaf { 1, 2, 3 }
+    H.assert_error_matching("gradient of shape {2} given for a tensor of shape {3}", function() (x * 2):backward(D.ones(2)) end)
+    H.assert_error_matching("gradient of shape {1} given for a tensor of shape {}", function() x:sum():backward(D.ones(1)) end)
+    H.assert_error_matching("diffusion.Tensor expected", function() (x * 2):backward(1) end)
     assert.is_nil(x.grad)
   end)
 
@@ -524,23 +478,23 @@ describe("backward", function()
     x:backward()
     x:backward()
     assert_close(x.grad, 2)
-    local v = leaf { 1, 2 }
+    local v = H.leaf { 1, 2 }
     v:backward(D.tensor { 3, 4 })
     assert_close(v.grad, { 3, 4 })
   end)
 
   it("on a tensor that doesn't require grad errors", function()
-    assert_error("backward: the tensor does not require grad", function() D.tensor { 1 }:backward() end)
-    assert_error("does not require grad", function() (D.ones(2) * 3):sum():backward() end)
-    local x = leaf { 1 }
-    assert_error("does not require grad", function() (x:gt(0)):sum():backward() end)
+    H.assert_error_matching("backward: the tensor does not require grad", function() D.tensor { 1 }:backward() end)
+    H.assert_error_matching("does not require grad", function() (D.ones(2) * 3):sum():backward() end)
+    local x = H.leaf { 1 }
+    H.assert_error_matching("does not require grad", function() (x:gt(0)):sum():backward() end)
   end)
 
   it("twice without retain_graph errors (the graph was freed)", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     local y = (x * x):sum()
     y:backward()
-    local err = error_of(function() y:backward() end)
+    local err = H.error_of(function() y:backward() end)
     assert.is_truthy(err:find("freed", 1, true), err)
     assert.is_truthy(err:find("retain_graph", 1, true), err)
     assert_close(x.grad, { 2, 4 }) -- the failed call added nothing
@@ -548,15 +502,15 @@ describe("backward", function()
   end)
 
   it("a graph freed through a shared part errors for the other result too", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     local h = x:exp()
     local a, b = h:sum(), (h * 2):sum()
     a:backward()
-    assert_error("freed", function() b:backward() end)
+    H.assert_error_matching("freed", function() b:backward() end)
   end)
 
   it("twice with retain_graph works and accumulates; the last call may free it", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     local y = (x * x):sum()
     y:backward(nil, true)
     y:backward(nil, true)
@@ -565,11 +519,11 @@ describe("backward", function()
     assert_close(x.grad, { 5, 10 })
     y:backward()
     assert_close(x.grad, { 7, 14 })
-    assert_error("freed", function() y:backward() end)
+    H.assert_error_matching("freed", function() y:backward() end)
   end)
 
   it("keeps working after the root's Lua value is gone", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     do
       local y = (x * 3):sum()
       y:backward()
@@ -585,7 +539,7 @@ describe("in-place ops and autograd", function()
   local INPLACE = "in%-place operation on a tensor that requires grad"
 
   it("on a leaf that requires grad error and change nothing", function()
-    local x = leaf { 1, 2, 3 }
+    local x = H.leaf { 1, 2, 3 }
     local writes = {
       function() x:add_(1) end,
       function() x:mul_(D.tensor { 2, 2, 2 }) end,
@@ -599,48 +553,48 @@ describe("in-place ops and autograd", function()
       function() x:uniform_() end,
     }
     for i, write in ipairs(writes) do
-      local err = error_of(write)
+      local err = H.error_of(write)
       assert.is_truthy(err:find(INPLACE), "write " .. i .. ": " .. err)
     end
     assert_close(x, { 1, 2, 3 })
   end)
 
   it("on a result that requires grad error too", function()
-    local x = leaf { 1, 2, 3 }
+    local x = H.leaf { 1, 2, 3 }
     local y = x * 2
-    assert_error(INPLACE, function() y:add_(1) end)
-    assert_error(INPLACE, function() y:view(3, 1):fill_(1) end)
+    H.assert_error_matching(INPLACE, function() y:add_(1) end)
+    H.assert_error_matching(INPLACE, function() y:view(3, 1):fill_(1) end)
   end)
 
   it("on a saved tensor (inside no_grad) make backward error", function()
-    local x = leaf { 1, 2, 3 }
+    local x = H.leaf { 1, 2, 3 }
     local y = x:exp() -- exp saves its output
     local s = y:sum()
     D.no_grad(function() y:add_(1) end)
-    local err = error_of(function() s:backward() end)
+    local err = H.error_of(function() s:backward() end)
     assert.is_truthy(err:find("modified in place", 1, true), err)
     assert.is_truthy(err:find("'exp'", 1, true), err)
     assert.is_true(D.is_grad_enabled())
   end)
 
   it("on a saved input that doesn't require grad make backward error", function()
-    local x = leaf { 1, 2, 3 }
+    local x = H.leaf { 1, 2, 3 }
     local w = D.tensor { 1, 1, 1 }
     local s = (x * w):sum()
     w:mul_(2) -- allowed: w doesn't require grad, but mul saved it
-    assert_error("modified in place", function() s:backward() end)
+    H.assert_error_matching("modified in place", function() s:backward() end)
   end)
 
   it("through another view of the saved storage are caught too", function()
-    local x = leaf { 1, 2, 3, 4 }
+    local x = H.leaf { 1, 2, 3, 4 }
     local y = x:sigmoid()
     local s = y:sum()
     y:detach():view(2, 2)[1]:fill_(0)
-    assert_error("modified in place", function() s:backward() end)
+    H.assert_error_matching("modified in place", function() s:backward() end)
   end)
 
   it("on a tensor nothing saved don't block backward", function()
-    local x = leaf { 1, 2, 3 }
+    local x = H.leaf { 1, 2, 3 }
     local s = x:view(3, 1):sum() -- view and sum save nothing
     D.no_grad(function() x:add_(1) end)
     s:backward()
@@ -668,17 +622,17 @@ describe("requires_grad, is_leaf, grad_fn and grad", function()
 
   it("requires_grad must be a boolean", function()
     local x = D.ones(2)
-    assert_error("requires_grad: expected a boolean, got number", function() x.requires_grad = 1 end)
-    assert_error("requires_grad: expected a boolean, got nil", function() x.requires_grad = nil end)
+    H.assert_error_matching("requires_grad: expected a boolean, got number", function() x.requires_grad = 1 end)
+    H.assert_error_matching("requires_grad: expected a boolean, got nil", function() x.requires_grad = nil end)
   end)
 
   it("a computed tensor's requires_grad cannot be turned off", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     local y = x * 2
     assert.is_true(y.requires_grad)
     assert.is_false(y.is_leaf)
-    assert_error("only leaves can stop requiring grad", function() y.requires_grad = false end)
-    assert_error("only leaves can stop requiring grad", function() y:requires_grad_(false) end)
+    H.assert_error_matching("only leaves can stop requiring grad", function() y.requires_grad = false end)
+    H.assert_error_matching("only leaves can stop requiring grad", function() y:requires_grad_(false) end)
     assert.is_true(y.requires_grad)
     y.requires_grad = true -- already on: fine
     y:sum():backward()
@@ -686,7 +640,7 @@ describe("requires_grad, is_leaf, grad_fn and grad", function()
   end)
 
   it("results require grad exactly when an input does", function()
-    local x, c = leaf { 1, 2 }, D.tensor { 3, 4 }
+    local x, c = H.leaf { 1, 2 }, D.tensor { 3, 4 }
     assert.is_false((c * c).requires_grad)
     assert.is_nil((c * c).grad_fn)
     assert.is_true((c * x).requires_grad)
@@ -696,7 +650,7 @@ describe("requires_grad, is_leaf, grad_fn and grad", function()
   end)
 
   it("grad_fn names the op that made the tensor", function()
-    local x = leaf { { 1, 2 }, { 3, 4 } }
+    local x = H.leaf { { 1, 2 }, { 3, 4 } }
     local names = {
       mul = x * 2, add = x + x, sub = 1 - x, div = x / 2, pow = x ^ 2, neg = -x, exp = x:exp(),
       maximum = x:maximum(0), clamp = x:clamp(0, 1), where = D.where(x:gt(2), x, 0),
@@ -714,7 +668,7 @@ describe("requires_grad, is_leaf, grad_fn and grad", function()
   end)
 
   it("grad is nil until a backward, then has the leaf's shape", function()
-    local x = leaf { { 1, 2, 3 } }
+    local x = H.leaf { { 1, 2, 3 } }
     assert.is_nil(x.grad)
     x:sum():backward()
     assert.are.same({ 1, 3 }, x.grad:shape())
@@ -723,14 +677,14 @@ describe("requires_grad, is_leaf, grad_fn and grad", function()
   end)
 
   it("grad stays nil on non-leaves", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     local y = x * 3
     y:sum():backward()
     assert.is_nil(y.grad)
   end)
 
   it("x.grad = nil clears it, and the next backward starts from zero", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     ;(x * 3):sum():backward()
     assert_close(x.grad, { 3, 3 })
     x.grad = nil
@@ -740,7 +694,7 @@ describe("requires_grad, is_leaf, grad_fn and grad", function()
   end)
 
   it("x.grad = t sets it and backward accumulates onto it", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     x.grad = D.tensor { 10, 20 }
     assert_close(x.grad, { 10, 20 })
     ;(x * 3):sum():backward()
@@ -748,16 +702,16 @@ describe("requires_grad, is_leaf, grad_fn and grad", function()
   end)
 
   it("x.grad must have the tensor's shape", function()
-    local x = leaf { 1, 2 }
-    assert_error("grad: the gradient must have the tensor's shape", function() x.grad = D.ones(3) end)
-    assert_error("grad: the gradient must have the tensor's shape", function() x.grad = D.ones(2, 1) end)
-    assert_error("diffusion.Tensor expected", function() x.grad = 1 end)
+    local x = H.leaf { 1, 2 }
+    H.assert_error_matching("grad: the gradient must have the tensor's shape", function() x.grad = D.ones(3) end)
+    H.assert_error_matching("grad: the gradient must have the tensor's shape", function() x.grad = D.ones(2, 1) end)
+    H.assert_error_matching("diffusion.Tensor expected", function() x.grad = 1 end)
     assert.is_nil(x.grad)
   end)
 
   it("an expanded tensor given as x.grad is refused or accumulated onto correctly", function()
     -- either is fine; what is not is a later backward failing inside the engine
-    local x = leaf { 1, 2, 3 }
+    local x = H.leaf { 1, 2, 3 }
     local ok = pcall(function() x.grad = D.tensor { 10 }:expand(3) end)
     if ok then
       local ok2, err = pcall(function() (x * 2):sum():backward() end)
@@ -768,8 +722,8 @@ describe("requires_grad, is_leaf, grad_fn and grad", function()
 
   it("other fields cannot be set", function()
     local x = D.ones(2)
-    assert_error("cannot set field 'is_leaf'", function() x.is_leaf = false end)
-    assert_error("cannot set field 'grad_fn'", function() x.grad_fn = "mul" end)
+    H.assert_error_matching("cannot set field 'is_leaf'", function() x.is_leaf = false end)
+    H.assert_error_matching("cannot set field 'grad_fn'", function() x.grad_fn = "mul" end)
   end)
 end)
 
@@ -777,7 +731,7 @@ end)
 
 describe("comparison ops", function()
   it("don't propagate gradients: their results don't require grad", function()
-    local x = leaf { -1, 0, 2 }
+    local x = H.leaf { -1, 0, 2 }
     for _, op in ipairs { "eq", "ne", "lt", "le", "gt", "ge" } do
       for _, r in ipairs { x[op](x, 0), x[op](x, x * 2), D[op](1, x) } do
         assert.is_false(r.requires_grad, op)
@@ -788,7 +742,7 @@ describe("comparison ops", function()
   end)
 
   it("work as masks inside a differentiable expression", function()
-    local x = leaf { -1, 0, 2, 3 }
+    local x = H.leaf { -1, 0, 2, 3 }
     ;(x * x:gt(0.5) * x):sum():backward() -- x^2 where x > 0.5
     assert_close(x.grad, { 0, 0, 4, 6 })
   end)
@@ -869,24 +823,24 @@ end)
 
 describe("long chains and memory", function()
   it("backward through a chain of 10000 ops works and releases it", function()
-    local x = leaf { 1, 2, 3 }
-    local m0 = settled()
+    local x = H.leaf { 1, 2, 3 }
+    local m0 = H.settled()
     local y = x
     for _ = 1, 5000 do
       y = y * 2
       y = y * 0.5
     end
-    assert.is_true(settled() > m0) -- the chain keeps its saved inputs
+    assert.is_true(H.settled() > m0) -- the chain keeps its saved inputs
     y:sum():backward()
     assert_close(x.grad, { 1, 1, 1 })
     assert_close(y, { 1, 2, 3 })
     x.grad = nil
     y = nil
-    assert.are.equal(m0, settled())
+    assert.are.equal(m0, H.settled())
   end)
 
   it("a chain of 200000 nodes is freed without recursion (no C stack overflow)", function()
-    local x = leaf { 1, 2 }
+    local x = H.leaf { 1, 2 }
     local y = x
     for _ = 1, 200000 do y = y:view(2) end
     y = nil
@@ -901,24 +855,24 @@ describe("long chains and memory", function()
 
   it("dropping the result frees the graph and the activations it saved", function()
     local x = D.randn(1000):requires_grad_()
-    local m0 = settled()
+    local m0 = H.settled()
     local y = x:exp():exp():sum() -- both exp outputs are saved: 2 * 4000 bytes, and y: 4
-    assert.are.equal(m0 + 8004, settled())
+    assert.are.equal(m0 + 8004, H.settled())
     y = nil
-    assert.are.equal(m0, settled())
+    assert.are.equal(m0, H.settled())
   end)
 
   it("backward frees the saved tensors as it goes, unless retain_graph", function()
     local x = D.randn(1000):requires_grad_()
-    local m0 = settled()
+    local m0 = H.settled()
     local y = x:exp():exp():sum()
     y:backward(nil, true)
-    assert.are.equal(m0 + 8004 + 4000, settled()) -- and x.grad
+    assert.are.equal(m0 + 8004 + 4000, H.settled()) -- and x.grad
     y:backward()
-    assert.are.equal(m0 + 4 + 4000, settled()) -- y and x.grad are left
+    assert.are.equal(m0 + 4 + 4000, H.settled()) -- y and x.grad are left
     x.grad = nil
     y = nil
-    assert.are.equal(m0, settled())
+    assert.are.equal(m0, H.settled())
   end)
 
   it("a 200-step training loop on fixed shapes keeps memory_allocated flat", function()
@@ -944,7 +898,7 @@ describe("long chains and memory", function()
         end
       end)
       h, out, loss = nil, nil, nil
-      local m = settled()
+      local m = H.settled()
       if step == 5 then baseline = m end
       if step > 5 then
         assert(m == baseline, ("step %d: %d bytes allocated, %d at step 5"):format(step, m, baseline))

@@ -2,44 +2,9 @@
 -- upsample_nearest2d: hand-computed values, a naive Lua reference
 -- convolution, gradient checks, threads, and every error message.
 local D = require "diffusion"
+local H = require "helpers"
 
 --- helpers ----------------------------------------------------------------
-
-local function tolist(v)
-  if type(v) == "userdata" then
-    if v:dim() == 0 then return v:item() end
-    return v:totable()
-  end
-  return v
-end
-
-local function compare(a, e, tol, path)
-  if type(e) == "table" then
-    if type(a) ~= "table" then return false, path .. ": expected a table, got " .. tostring(a) end
-    if #a ~= #e then return false, string.format("%s: expected %d elements, got %d", path, #e, #a) end
-    for i = 1, #e do
-      local ok, msg = compare(a[i], e[i], tol, path .. "[" .. i .. "]")
-      if not ok then return false, msg end
-    end
-    return true
-  end
-  if type(a) ~= "number" or math.abs(a - e) > tol * math.max(1, math.abs(e)) then
-    return false, string.format("%s: expected %.9g, got %s", path, e, tostring(a))
-  end
-  return true
-end
-
-local function assert_close(actual, expected, tol)
-  local ok, msg = compare(tolist(actual), tolist(expected), tol or 1e-5, "value")
-  assert.is_true(ok, msg)
-end
-
-local function assert_error(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error matching: " .. pattern)
-  assert.is_truthy(string.find(tostring(err), pattern, 1, true),
-    string.format("error %q does not contain %q", tostring(err), pattern))
-end
 
 local function pair(v, default)
   if v == nil then return default, default end
@@ -102,29 +67,29 @@ describe("conv2d", function()
   it("a 2x2 kernel over a 3x3 input, no padding", function()
     local y = D.conv2d(x33, k22)
     assert.are.same({ 1, 1, 2, 2 }, y:shape())
-    assert_close(y, { { { { 37, 47 }, { 67, 77 } } } })
+    H.assert_close(y, { { { { 37, 47 }, { 67, 77 } } } })
   end)
 
   it("with a bias, given as a number of channels", function()
-    assert_close(D.conv2d(x33, k22, D.tensor { 10 }), { { { { 47, 57 }, { 77, 87 } } } })
+    H.assert_close(D.conv2d(x33, k22, D.tensor { 10 }), { { { { 47, 57 }, { 77, 87 } } } })
   end)
 
   it("padding 1, stride 2", function()
     local y = D.conv2d(x33, k22, nil, { padding = 1, stride = 2 })
-    assert_close(y, { { { { 4, 18 }, { 36, 77 } } } })
+    H.assert_close(y, { { { { 4, 18 }, { 36, 77 } } } })
   end)
 
   it("dilation 2: the kernel taps the corners", function()
     local y = x33:conv2d(k22, { dilation = 2 })
     assert.are.same({ 1, 1, 1, 1 }, y:shape())
-    assert_close(y, { { { { 1 * 1 + 3 * 2 + 7 * 3 + 9 * 4 } } } })
+    H.assert_close(y, { { { { 1 * 1 + 3 * 2 + 7 * 3 + 9 * 4 } } } })
   end)
 
   it("stride and padding given per dim", function()
     -- stride {1, 2}, padding {0, 1}: columns -1..0 and 1..2 of rows 0..1 and 1..2
     local y = D.conv2d(x33, k22, nil, { stride = { 1, 2 }, padding = { 0, 1 } })
     assert.are.same({ 1, 1, 2, 2 }, y:shape())
-    assert_close(y, { { { { 1 * 2 + 4 * 4, 2 * 1 + 3 * 2 + 5 * 3 + 6 * 4 },
+    H.assert_close(y, { { { { 1 * 2 + 4 * 4, 2 * 1 + 3 * 2 + 5 * 3 + 6 * 4 },
                           { 4 * 2 + 7 * 4, 5 * 1 + 6 * 2 + 8 * 3 + 9 * 4 } } } })
   end)
 
@@ -133,18 +98,18 @@ describe("conv2d", function()
     local w = D.tensor { { { { 1 } }, { { 10 } } }, { { { 100 } }, { { 1000 } } } } -- (2, 2, 1, 1)
     local y = D.conv2d(x, w, D.tensor { 0.5, -1 }, { groups = 2 })
     assert.are.same({ 1, 2, 1, 1 }, y:shape())
-    assert_close(y, { { { { 1 + 20 + 0.5 } }, { { 300 + 4000 - 1 } } } })
+    H.assert_close(y, { { { { 1 + 20 + 0.5 } }, { { 300 + 4000 - 1 } } } })
   end)
 
   it("groups 2 with two outputs per group", function()
     local x = D.tensor { { { { 1, 2 } }, { { 3, 4 } } } }                       -- (1, 2, 1, 2)
     local w = D.tensor { { { { 1, 1 } } }, { { { 1, -1 } } }, { { { 2, 0 } } }, { { { 0, 3 } } } } -- (4, 1, 1, 2)
-    assert_close(D.conv2d(x, w, nil, { groups = 2 }), { { { { 3 } }, { { -1 } }, { { 6 } }, { { 12 } } } })
+    H.assert_close(D.conv2d(x, w, nil, { groups = 2 }), { { { { 3 } }, { { -1 } }, { { 6 } }, { { 12 } } } })
   end)
 
   it("a batch of two images uses the same weights", function()
     local x = D.cat({ x33, x33 * 2 }, 1)
-    assert_close(D.conv2d(x, k22), { { { { 37, 47 }, { 67, 77 } } }, { { { 74, 94 }, { 134, 154 } } } })
+    H.assert_close(D.conv2d(x, k22), { { { { 37, 47 }, { 67, 77 } } }, { { { 74, 94 }, { 134, 154 } } } })
   end)
 
   it("matches a naive reference on random inputs", function()
@@ -162,7 +127,7 @@ describe("conv2d", function()
       local x, w = randn(table.unpack(c.x)), randn(table.unpack(c.w))
       local b = c.bias and randn(c.w[1]) or nil
       local y = D.conv2d(x, w, b, c.opts)
-      local ok, msg = compare(y:totable(), ref_conv(x:totable(), w:totable(), b and b:totable(), c.opts), 1e-4,
+      local ok, msg = H.compare(y:totable(), ref_conv(x:totable(), w:totable(), b and b:totable(), c.opts), 1e-4,
         "case " .. i)
       assert.is_true(ok, msg)
     end
@@ -174,7 +139,7 @@ describe("conv2d", function()
     local b = randn(8):slice(1, 1, 8, 2)        -- (4), stride 2
     assert.is_false(x:is_contiguous())
     local opts = { padding = 1, stride = { 2, 1 } }
-    local ok, msg = compare(D.conv2d(x, w, b, opts):totable(),
+    local ok, msg = H.compare(D.conv2d(x, w, b, opts):totable(),
       ref_conv(x:totable(), w:totable(), b:totable(), opts), 1e-4, "value")
     assert.is_true(ok, msg)
   end)
@@ -182,8 +147,8 @@ describe("conv2d", function()
   it("an empty batch gives an empty result; zero input channels give the bias", function()
     assert.are.same({ 0, 2, 2, 2 }, D.conv2d(D.zeros(0, 3, 3, 3), D.zeros(2, 3, 2, 2)):shape())
     local y = D.conv2d(D.zeros(1, 0, 3, 3), D.zeros(2, 0, 2, 2), D.tensor { 1.5, -2 })
-    assert_close(y, { { { { 1.5, 1.5 }, { 1.5, 1.5 } }, { { -2, -2 }, { -2, -2 } } } })
-    assert_close(D.conv2d(D.zeros(1, 0, 2, 2), D.zeros(1, 0, 1, 1)), { { { { 0, 0 }, { 0, 0 } } } })
+    H.assert_close(y, { { { { 1.5, 1.5 }, { 1.5, 1.5 } }, { { -2, -2 }, { -2, -2 } } } })
+    H.assert_close(D.conv2d(D.zeros(1, 0, 2, 2), D.zeros(1, 0, 1, 1)), { { { { 0, 0 }, { 0, 0 } } } })
   end)
 
   it("gives the same result at 1 and 3 threads on a size that splits im2col", function()
@@ -198,10 +163,10 @@ describe("conv2d", function()
       ys[n] = { y = y:detach(), dx = xl.grad, dw = wl.grad }
     end
     D.set_num_threads(threads)
-    assert_close(ys[3].y, ys[1].y, 1e-5)
-    assert_close(ys[3].dx, ys[1].dx, 1e-5)
-    assert_close(ys[3].dw, ys[1].dw, 1e-4)
-    local ok, msg = compare(ys[1].y:narrow(1, 1, 1):totable(),
+    H.assert_close(ys[3].y, ys[1].y, 1e-5)
+    H.assert_close(ys[3].dx, ys[1].dx, 1e-5)
+    H.assert_close(ys[3].dw, ys[1].dw, 1e-4)
+    local ok, msg = H.compare(ys[1].y:narrow(1, 1, 1):totable(),
       ref_conv(x:narrow(1, 1, 1):totable(), w:totable(), b:totable(), { padding = 1 }), 1e-4, "value")
     assert.is_true(ok, msg)
   end)
@@ -216,10 +181,10 @@ describe("conv2d gradients", function()
     assert.are.equal("conv2d", y.grad_fn)
     y:sum():backward()
     -- each input cell collects the kernel weights that touch it
-    assert_close(x.grad, { { { { 1, 3, 2 }, { 4, 10, 6 }, { 3, 7, 4 } } } })
+    H.assert_close(x.grad, { { { { 1, 3, 2 }, { 4, 10, 6 }, { 3, 7, 4 } } } })
     -- each weight collects the inputs it touched
-    assert_close(w.grad, { { { { 12, 16 }, { 24, 28 } } } })
-    assert_close(b.grad, { 4 })
+    H.assert_close(w.grad, { { { { 12, 16 }, { 24, 28 } } } })
+    H.assert_close(b.grad, { 4 })
   end)
 
   it("records nothing when nothing requires grad", function()
@@ -285,18 +250,18 @@ describe("avg_pool2d", function()
   local x44 = D.arange(1, 17):view(1, 1, 4, 4)
 
   it("a 2x2 kernel; stride defaults to the kernel", function()
-    assert_close(D.avg_pool2d(x44, 2), { { { { 3.5, 5.5 }, { 11.5, 13.5 } } } })
-    assert_close(x44:avg_pool2d({ 2, 2 }, 2, 0), { { { { 3.5, 5.5 }, { 11.5, 13.5 } } } })
+    H.assert_close(D.avg_pool2d(x44, 2), { { { { 3.5, 5.5 }, { 11.5, 13.5 } } } })
+    H.assert_close(x44:avg_pool2d({ 2, 2 }, 2, 0), { { { { 3.5, 5.5 }, { 11.5, 13.5 } } } })
   end)
 
   it("kernel 3, stride 1, padding 1: padded cells count as zeros", function()
     local y = D.avg_pool2d(x33, 3, 1, 1)
-    assert_close(y, { { { { 12 / 9, 21 / 9, 16 / 9 }, { 27 / 9, 45 / 9, 33 / 9 }, { 24 / 9, 39 / 9, 28 / 9 } } } })
+    H.assert_close(y, { { { { 12 / 9, 21 / 9, 16 / 9 }, { 27 / 9, 45 / 9, 33 / 9 }, { 24 / 9, 39 / 9, 28 / 9 } } } })
   end)
 
   it("rectangular kernel and stride", function()
     -- kernel {1, 2}, stride {2, 1}: rows 1 and 3, pairs of neighbours
-    assert_close(D.avg_pool2d(x44, { 1, 2 }, { 2, 1 }),
+    H.assert_close(D.avg_pool2d(x44, { 1, 2 }, { 2, 1 }),
       { { { { 1.5, 2.5, 3.5 }, { 9.5, 10.5, 11.5 } } } })
   end)
 
@@ -304,7 +269,7 @@ describe("avg_pool2d", function()
     local x = D.cat({ x44, -x44, x44 * 10 }, 2):expand(2, 3, 4, 4) -- non-contiguous
     local y = D.avg_pool2d(x, 4)
     assert.are.same({ 2, 3, 1, 1 }, y:shape())
-    assert_close(y, { { { { 8.5 } }, { { -8.5 } }, { { 85 } } }, { { { 8.5 } }, { { -8.5 } }, { { 85 } } } })
+    H.assert_close(y, { { { { 8.5 } }, { { -8.5 } }, { { 85 } } }, { { { 8.5 } }, { { -8.5 } }, { { 85 } } } })
   end)
 
   it("backward spreads each gradient evenly over its window", function()
@@ -312,7 +277,7 @@ describe("avg_pool2d", function()
     local y = D.avg_pool2d(x, 3, 1, 1)
     assert.are.equal("avg_pool2d", y.grad_fn)
     y:sum():backward()
-    assert_close(x.grad, { { { { 4 / 9, 6 / 9, 4 / 9 }, { 6 / 9, 1, 6 / 9 }, { 4 / 9, 6 / 9, 4 / 9 } } } })
+    H.assert_close(x.grad, { { { { 4 / 9, 6 / 9, 4 / 9 }, { 6 / 9, 1, 6 / 9 }, { 4 / 9, 6 / 9, 4 / 9 } } } })
   end)
 
   local configs = {
@@ -336,18 +301,18 @@ describe("upsample_nearest2d", function()
   local x22 = D.tensor { { { { 1, 2 }, { 3, 4 } } } }
 
   it("scale 2 repeats each cell in a 2x2 block", function()
-    assert_close(D.upsample_nearest2d(x22, 2),
+    H.assert_close(D.upsample_nearest2d(x22, 2),
       { { { { 1, 1, 2, 2 }, { 1, 1, 2, 2 }, { 3, 3, 4, 4 }, { 3, 3, 4, 4 } } } })
   end)
 
   it("a scale per dim, as a method", function()
-    assert_close(x22:upsample_nearest2d({ 1, 3 }), { { { { 1, 1, 1, 2, 2, 2 }, { 3, 3, 3, 4, 4, 4 } } } })
-    assert_close(x22:upsample_nearest2d({ 2, 1 }), { { { { 1, 2 }, { 1, 2 }, { 3, 4 }, { 3, 4 } } } })
+    H.assert_close(x22:upsample_nearest2d({ 1, 3 }), { { { { 1, 1, 1, 2, 2, 2 }, { 3, 3, 3, 4, 4, 4 } } } })
+    H.assert_close(x22:upsample_nearest2d({ 2, 1 }), { { { { 1, 2 }, { 1, 2 }, { 3, 4 }, { 3, 4 } } } })
   end)
 
   it("scale 1 is a copy, and planes stay apart on a non-contiguous input", function()
     local x = randn(2, 3, 4, 5):transpose(3, 4)
-    assert_close(D.upsample_nearest2d(x, 1), x)
+    H.assert_close(D.upsample_nearest2d(x, 1), x)
     local y = D.upsample_nearest2d(x, { 2, 3 })
     assert.are.same({ 2, 3, 10, 12 }, y:shape())
     assert.are.equal(x:get(2, 3, 5, 4), y:get(2, 3, 10, 12))
@@ -360,7 +325,7 @@ describe("upsample_nearest2d", function()
     assert.are.equal("upsample_nearest2d", y.grad_fn)
     y:backward(D.arange(1, 25):view(1, 1, 4, 6))
     -- block of (1,1): rows 1-2, cols 1-3 of 1..24 in rows of 6
-    assert_close(x.grad, { { { { 1 + 2 + 3 + 7 + 8 + 9, 4 + 5 + 6 + 10 + 11 + 12 },
+    H.assert_close(x.grad, { { { { 1 + 2 + 3 + 7 + 8 + 9, 4 + 5 + 6 + 10 + 11 + 12 },
                                { 13 + 14 + 15 + 19 + 20 + 21, 16 + 17 + 18 + 22 + 23 + 24 } } } })
   end)
 
@@ -380,82 +345,82 @@ describe("errors", function()
   local w = D.zeros(2, 4, 3, 3)
 
   it("conv2d shapes", function()
-    assert_error("conv2d: expected a 4-d input (N, C, H, W), got shape {4,5,5}", D.conv2d, D.zeros(4, 5, 5), w)
-    assert_error("conv2d: expected a 4-d weight (O, C / groups, kh, kw), got shape {2,4,3}", D.conv2d, x,
+    H.assert_error_with("conv2d: expected a 4-d input (N, C, H, W), got shape {4,5,5}", D.conv2d, D.zeros(4, 5, 5), w)
+    H.assert_error_with("conv2d: expected a 4-d weight (O, C / groups, kh, kw), got shape {2,4,3}", D.conv2d, x,
       D.zeros(2, 4, 3))
-    assert_error("conv2d: weight has 3 input channels, input has 4", D.conv2d, x, D.zeros(2, 3, 3, 3))
-    assert_error("conv2d: weight has 1 input channels per group x 2 groups, input has 4", D.conv2d, x,
+    H.assert_error_with("conv2d: weight has 3 input channels, input has 4", D.conv2d, x, D.zeros(2, 3, 3, 3))
+    H.assert_error_with("conv2d: weight has 1 input channels per group x 2 groups, input has 4", D.conv2d, x,
       D.zeros(2, 1, 3, 3), { groups = 2 })
-    assert_error("conv2d: input has 4 channels, not divisible by groups = 3", D.conv2d, x, D.zeros(3, 1, 3, 3),
+    H.assert_error_with("conv2d: input has 4 channels, not divisible by groups = 3", D.conv2d, x, D.zeros(3, 1, 3, 3),
       { groups = 3 })
-    assert_error("conv2d: weight has 3 output channels, not divisible by groups = 2", D.conv2d, x,
+    H.assert_error_with("conv2d: weight has 3 output channels, not divisible by groups = 2", D.conv2d, x,
       D.zeros(3, 2, 3, 3), { groups = 2 })
-    assert_error("conv2d: weight {2,4,0,3} has an empty kernel", D.conv2d, x, D.zeros(2, 4, 0, 3))
-    assert_error("conv2d: bias must have shape {2} (one per output channel), got {3}", D.conv2d, x, w, D.zeros(3))
-    assert_error("conv2d: bias must have shape {2} (one per output channel), got {1,2}", D.conv2d, x, w,
+    H.assert_error_with("conv2d: weight {2,4,0,3} has an empty kernel", D.conv2d, x, D.zeros(2, 4, 0, 3))
+    H.assert_error_with("conv2d: bias must have shape {2} (one per output channel), got {3}", D.conv2d, x, w, D.zeros(3))
+    H.assert_error_with("conv2d: bias must have shape {2} (one per output channel), got {1,2}", D.conv2d, x, w,
       D.zeros(1, 2))
   end)
 
   it("conv2d output size", function()
-    assert_error("conv2d: input {1,1,2,2} padded by {0,0} is 2x2, smaller than the dilated kernel 3x3",
+    H.assert_error_with("conv2d: input {1,1,2,2} padded by {0,0} is 2x2, smaller than the dilated kernel 3x3",
       D.conv2d, D.zeros(1, 1, 2, 2), D.zeros(1, 1, 3, 3))
-    assert_error("conv2d: input {1,1,2,4} padded by {0,0} is 2x4, smaller than the dilated kernel 3x3",
+    H.assert_error_with("conv2d: input {1,1,2,4} padded by {0,0} is 2x4, smaller than the dilated kernel 3x3",
       D.conv2d, D.zeros(1, 1, 2, 4), D.zeros(1, 1, 2, 2), { dilation = 2 })
-    assert_error("conv2d: input {1,1,0,3} padded by {0,1} is 0x5", D.conv2d, D.zeros(1, 1, 0, 3),
+    H.assert_error_with("conv2d: input {1,1,0,3} padded by {0,1} is 0x5", D.conv2d, D.zeros(1, 1, 0, 3),
       D.zeros(1, 1, 1, 1), { padding = { 0, 1 } })
     -- padding makes it fit
     assert.are.same({ 1, 1, 2, 2 }, D.conv2d(D.zeros(1, 1, 2, 2), D.zeros(1, 1, 3, 3), { padding = 1 }):shape())
   end)
 
   it("conv2d parameters", function()
-    assert_error("conv2d: stride must be >= 1, got {0,0}", D.conv2d, x, w, nil, { stride = 0 })
-    assert_error("conv2d: stride must be >= 1, got {1,-1}", D.conv2d, x, w, { stride = { 1, -1 } })
-    assert_error("conv2d: padding must be >= 0, got {-1,0}", D.conv2d, x, w, { padding = { -1, 0 } })
-    assert_error("conv2d: dilation must be >= 1, got {0,0}", D.conv2d, x, w, { dilation = 0 })
-    assert_error("conv2d: groups must be >= 1, got 0", D.conv2d, x, w, { groups = 0 })
+    H.assert_error_with("conv2d: stride must be >= 1, got {0,0}", D.conv2d, x, w, nil, { stride = 0 })
+    H.assert_error_with("conv2d: stride must be >= 1, got {1,-1}", D.conv2d, x, w, { stride = { 1, -1 } })
+    H.assert_error_with("conv2d: padding must be >= 0, got {-1,0}", D.conv2d, x, w, { padding = { -1, 0 } })
+    H.assert_error_with("conv2d: dilation must be >= 1, got {0,0}", D.conv2d, x, w, { dilation = 0 })
+    H.assert_error_with("conv2d: groups must be >= 1, got 0", D.conv2d, x, w, { groups = 0 })
   end)
 
   it("conv2d arguments", function()
-    assert_error("unknown option 'strides' (expected stride, padding, dilation or groups)", D.conv2d, x, w,
+    H.assert_error_with("unknown option 'strides' (expected stride, padding, dilation or groups)", D.conv2d, x, w,
       { strides = 1 })
-    assert_error("unknown option 'number'", D.conv2d, x, w, { 1 })
-    assert_error("stride must be an integer or {h, w}, got string", D.conv2d, x, w, { stride = "2" })
-    assert_error("padding must be an integer or {h, w}, got a table of another length", D.conv2d, x, w,
+    H.assert_error_with("unknown option 'number'", D.conv2d, x, w, { 1 })
+    H.assert_error_with("stride must be an integer or {h, w}, got string", D.conv2d, x, w, { stride = "2" })
+    H.assert_error_with("padding must be an integer or {h, w}, got a table of another length", D.conv2d, x, w,
       { padding = { 1, 1, 1 } })
-    assert_error("dilation must be an integer, got number", D.conv2d, x, w, { dilation = 1.5 })
-    assert_error("dilation must be an integer, got string", D.conv2d, x, w, { dilation = { 1, "x" } })
-    assert_error("groups must be an integer, got table", D.conv2d, x, w, { groups = { 2 } })
-    assert_error("groups 4294967296 is out of range", D.conv2d, x, w, { groups = 1 << 32 })
-    assert_error("nothing may follow the options table", D.conv2d, x, w, {}, 1)
-    assert_error("diffusion.Tensor expected, got number", D.conv2d, x, w, 5)
-    assert_error("diffusion.Tensor expected, got table", D.conv2d, x, { 1 })
-    assert_error("diffusion.Tensor expected, got no value", D.conv2d, x)
-    assert_error("table expected, got string", D.conv2d, x, w, nil, "stride")
+    H.assert_error_with("dilation must be an integer, got number", D.conv2d, x, w, { dilation = 1.5 })
+    H.assert_error_with("dilation must be an integer, got string", D.conv2d, x, w, { dilation = { 1, "x" } })
+    H.assert_error_with("groups must be an integer, got table", D.conv2d, x, w, { groups = { 2 } })
+    H.assert_error_with("groups 4294967296 is out of range", D.conv2d, x, w, { groups = 1 << 32 })
+    H.assert_error_with("nothing may follow the options table", D.conv2d, x, w, {}, 1)
+    H.assert_error_with("diffusion.Tensor expected, got number", D.conv2d, x, w, 5)
+    H.assert_error_with("diffusion.Tensor expected, got table", D.conv2d, x, { 1 })
+    H.assert_error_with("diffusion.Tensor expected, got no value", D.conv2d, x)
+    H.assert_error_with("table expected, got string", D.conv2d, x, w, nil, "stride")
   end)
 
   it("avg_pool2d", function()
-    assert_error("avg_pool2d: expected a 4-d input (N, C, H, W), got shape {4,4}", D.avg_pool2d, D.zeros(4, 4), 2)
-    assert_error("avg_pool2d: kernel must be >= 1, got {0,2}", D.avg_pool2d, x, { 0, 2 })
-    assert_error("avg_pool2d: stride must be >= 1, got {0,0}", D.avg_pool2d, x, 2, 0)
-    assert_error("avg_pool2d: padding must be >= 0, got {0,-1}", D.avg_pool2d, x, 2, 2, { 0, -1 })
-    assert_error("avg_pool2d: padding {2,1} must be at most half the kernel {3,3}", D.avg_pool2d, x, 3, 1, { 2, 1 })
-    assert_error("avg_pool2d: input {1,4,5,5} padded by {0,0} is 5x5, smaller than the kernel 6x2", D.avg_pool2d, x,
+    H.assert_error_with("avg_pool2d: expected a 4-d input (N, C, H, W), got shape {4,4}", D.avg_pool2d, D.zeros(4, 4), 2)
+    H.assert_error_with("avg_pool2d: kernel must be >= 1, got {0,2}", D.avg_pool2d, x, { 0, 2 })
+    H.assert_error_with("avg_pool2d: stride must be >= 1, got {0,0}", D.avg_pool2d, x, 2, 0)
+    H.assert_error_with("avg_pool2d: padding must be >= 0, got {0,-1}", D.avg_pool2d, x, 2, 2, { 0, -1 })
+    H.assert_error_with("avg_pool2d: padding {2,1} must be at most half the kernel {3,3}", D.avg_pool2d, x, 3, 1, { 2, 1 })
+    H.assert_error_with("avg_pool2d: input {1,4,5,5} padded by {0,0} is 5x5, smaller than the kernel 6x2", D.avg_pool2d, x,
       { 6, 2 })
-    assert_error("kernel must be an integer or {h, w}, got no value", D.avg_pool2d, x)
-    assert_error("stride must be an integer, got number", D.avg_pool2d, x, 2, 0.5)
+    H.assert_error_with("kernel must be an integer or {h, w}, got no value", D.avg_pool2d, x)
+    H.assert_error_with("stride must be an integer, got number", D.avg_pool2d, x, 2, 0.5)
   end)
 
   it("upsample_nearest2d", function()
-    assert_error("upsample_nearest2d: expected a 4-d input (N, C, H, W), got shape {1,2,2,2,2}",
+    H.assert_error_with("upsample_nearest2d: expected a 4-d input (N, C, H, W), got shape {1,2,2,2,2}",
       D.upsample_nearest2d, D.zeros(1, 2, 2, 2, 2), 2)
-    assert_error("upsample_nearest2d: scale must be >= 1, got {0,0}", D.upsample_nearest2d, x, 0)
-    assert_error("upsample_nearest2d: scale must be >= 1, got {2,-1}", D.upsample_nearest2d, x, { 2, -1 })
-    assert_error("scale must be an integer or {h, w}, got a table of another length", D.upsample_nearest2d, x, { 2 })
+    H.assert_error_with("upsample_nearest2d: scale must be >= 1, got {0,0}", D.upsample_nearest2d, x, 0)
+    H.assert_error_with("upsample_nearest2d: scale must be >= 1, got {2,-1}", D.upsample_nearest2d, x, { 2, -1 })
+    H.assert_error_with("scale must be an integer or {h, w}, got a table of another length", D.upsample_nearest2d, x, { 2 })
     local huge = D.zeros(1, 1, 1, 1):expand(1, 1, 1 << 20, 1 << 20) -- one element, viewed as 2^40
-    assert_error("upsample_nearest2d: shape {1,1,1125899906842624,1125899906842624} is too large to allocate",
+    H.assert_error_with("upsample_nearest2d: shape {1,1,1125899906842624,1125899906842624} is too large to allocate",
       D.upsample_nearest2d, huge, 1 << 30)
     local taller = D.zeros(1, 1, 1, 1):expand(1, 1, 1 << 40, 1)
-    assert_error("upsample_nearest2d: input {1,1,1099511627776,1} scaled by {2147483647,1} is too large to allocate",
+    H.assert_error_with("upsample_nearest2d: input {1,1,1099511627776,1} scaled by {2147483647,1} is too large to allocate",
       D.upsample_nearest2d, taller, { (1 << 31) - 1, 1 })
   end)
 end)

@@ -2,19 +2,7 @@
 -- tables, totable, the *_like family, shapes as tables or varargs, and
 -- zero-size tensors.
 local D = require "diffusion"
-
--- Runs fn, which must raise an error whose message contains `needle` (plain).
-local function expect_error(fn, needle)
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "expected an error containing: " .. needle)
-  err = tostring(err)
-  assert.is_truthy(err:find(needle, 1, true), "error message was: " .. err)
-end
-
--- The float32 nearest to v (what a tensor stores).
-local function f32(v)
-  return (string.unpack("f", string.pack("f", v)))
-end
+local H = require "helpers"
 
 describe("zeros, ones, full", function()
   it("zeros takes a shape as varargs", function()
@@ -49,7 +37,7 @@ describe("zeros, ones, full", function()
   it("full fills with the value after a table shape", function()
     assert.are.same({ { 7, 7, 7 }, { 7, 7, 7 } }, D.full({ 2, 3 }, 7):totable())
     assert.are.same({ -2.5, -2.5 }, D.full({ 2 }, -2.5):totable())
-    assert.are.equal(f32(0.1), D.full({}, 0.1):item())
+    assert.are.equal(H.f32(0.1), D.full({}, 0.1):item())
   end)
 
   it("full works with a single vararg size followed by the value", function()
@@ -83,16 +71,16 @@ describe("zeros, ones, full", function()
   end)
 
   it("rejects negative and fractional sizes", function()
-    expect_error(function() return D.zeros(-1) end, "shape: size 1 is negative (-1)")
-    expect_error(function() return D.ones({ 2, -3 }) end, "shape: size 2 is negative (-3)")
-    expect_error(function() return D.zeros({ 2.5 }) end, "size 1 must be an integer, got number")
-    expect_error(function() return D.zeros(2.5) end, "number has no integer representation")
-    expect_error(function() return D.zeros({ 2, "x" }) end, "size 2 must be an integer, got string")
+    H.expect_error(function() return D.zeros(-1) end, "shape: size 1 is negative (-1)")
+    H.expect_error(function() return D.ones({ 2, -3 }) end, "shape: size 2 is negative (-3)")
+    H.expect_error(function() return D.zeros({ 2.5 }) end, "size 1 must be an integer, got number")
+    H.expect_error(function() return D.zeros(2.5) end, "number has no integer representation")
+    H.expect_error(function() return D.zeros({ 2, "x" }) end, "size 2 must be an integer, got string")
   end)
 
   it("rejects more than 8 dims", function()
-    expect_error(function() return D.zeros({ 1, 1, 1, 1, 1, 1, 1, 1, 1 }) end, "a tensor has at most 8 dims, got 9")
-    expect_error(function() return D.zeros(1, 1, 1, 1, 1, 1, 1, 1, 1) end, "a tensor has at most 8 dims")
+    H.expect_error(function() return D.zeros({ 1, 1, 1, 1, 1, 1, 1, 1, 1 }) end, "a tensor has at most 8 dims, got 9")
+    H.expect_error(function() return D.zeros(1, 1, 1, 1, 1, 1, 1, 1, 1) end, "a tensor has at most 8 dims")
     assert.are.equal(8, D.zeros(1, 1, 1, 1, 1, 1, 1, 2):dim())
   end)
 
@@ -103,7 +91,7 @@ describe("zeros, ones, full", function()
   end)
 
   it("full requires a value", function()
-    expect_error(function() return D.full({ 2 }) end, "number expected")
+    H.expect_error(function() return D.full({ 2 }) end, "number expected")
   end)
 end)
 
@@ -136,7 +124,7 @@ describe("arange", function()
     assert.are.same({ -2.5, -1.5, -0.5, 0.5 }, D.arange(-2.5, 1):totable())
     local x = D.arange(0, 1, 0.1)
     assert.are.equal(10, x:numel())
-    for i = 1, 10 do assert.are.equal(f32((i - 1) * 0.1), x[i]) end
+    for i = 1, 10 do assert.are.equal(H.f32((i - 1) * 0.1), x[i]) end
     local y = D.arange(0, 0.3, 0.1) -- 0.3/0.1 rounds to 2.9999..., so 3 elements
     assert.are.equal(3, y:numel())
     assert.near(0.2, y[3], 1e-7)
@@ -152,8 +140,8 @@ describe("arange", function()
   end)
 
   it("rejects a zero step", function()
-    expect_error(function() return D.arange(0, 1, 0) end, "arange: step must be nonzero")
-    expect_error(function() return D.arange(0, 0 / 0) end, "bounds must not be NaN")
+    H.expect_error(function() return D.arange(0, 1, 0) end, "arange: step must be nonzero")
+    H.expect_error(function() return D.arange(0, 0 / 0) end, "bounds must not be NaN")
   end)
 end)
 
@@ -176,16 +164,16 @@ describe("linspace", function()
 
   it("hits the endpoints exactly", function()
     local x = D.linspace(0.1, 0.7, 7)
-    assert.are.equal(f32(0.1), x[1])
-    assert.are.equal(f32(0.7), x[7])
+    assert.are.equal(H.f32(0.1), x[1])
+    assert.are.equal(H.f32(0.7), x[7])
     for i = 2, 6 do assert.near(0.1 * i, x[i], 1e-6) end
     local y = D.linspace(-1, 1 / 3, 4)
     assert.are.equal(-1, y[1])
-    assert.are.equal(f32(1 / 3), y[4])
+    assert.are.equal(H.f32(1 / 3), y[4])
   end)
 
   it("rejects a negative count", function()
-    expect_error(function() return D.linspace(0, 1, -1) end, "linspace: number of points must be >= 0, got -1")
+    H.expect_error(function() return D.linspace(0, 1, -1) end, "linspace: number of points must be >= 0, got -1")
   end)
 end)
 
@@ -206,8 +194,8 @@ describe("eye", function()
   end)
 
   it("rejects negative sizes", function()
-    expect_error(function() return D.eye(-1) end, "eye: sizes must be >= 0, got -1 and -1")
-    expect_error(function() return D.eye(2, -3) end, "eye: sizes must be >= 0, got 2 and -3")
+    H.expect_error(function() return D.eye(-1) end, "eye: sizes must be >= 0, got -1 and -1")
+    H.expect_error(function() return D.eye(2, -3) end, "eye: sizes must be >= 0, got 2 and -3")
   end)
 end)
 
@@ -265,36 +253,36 @@ describe("D.tensor", function()
     local x = D.tensor({ { { { { { { { 5 } } } } } } } })
     assert.are.equal(8, x:dim())
     assert.are.equal(5, x:item())
-    expect_error(function() return D.tensor({ { { { { { { { { 5 } } } } } } } } }) end,
+    H.expect_error(function() return D.tensor({ { { { { { { { { 5 } } } } } } } } }) end,
       "tensor: nested deeper than 8 levels")
   end)
 
   it("rejects a row of the wrong length", function()
-    expect_error(function() return D.tensor({ { 1, 2 }, { 3 } }) end,
+    H.expect_error(function() return D.tensor({ { 1, 2 }, { 3 } }) end,
       "tensor: ragged nested table: expected 2 elements at [2], got 1")
-    expect_error(function() return D.tensor({ { 1, 2 }, { 3, 4, 5 } }) end,
+    H.expect_error(function() return D.tensor({ { 1, 2 }, { 3, 4, 5 } }) end,
       "tensor: ragged nested table: expected 2 elements at [2], got 3")
-    expect_error(function() return D.tensor({ { { 1 }, { 2 } }, { { 3 }, { 4, 5 } } }) end,
+    H.expect_error(function() return D.tensor({ { { 1 }, { 2 } }, { { 3 }, { 4, 5 } } }) end,
       "tensor: ragged nested table: expected 1 elements at [2][2], got 2")
-    expect_error(function() return D.tensor({ {}, { 1 } }) end,
+    H.expect_error(function() return D.tensor({ {}, { 1 } }) end,
       "tensor: ragged nested table: expected 0 elements at [2], got 1")
   end)
 
   it("rejects a number where a table is expected", function()
-    expect_error(function() return D.tensor({ { 1, 2 }, 3 }) end,
+    H.expect_error(function() return D.tensor({ { 1, 2 }, 3 }) end,
       "tensor: ragged nested table: expected a table at [2], got number")
   end)
 
   it("rejects non-number leaves", function()
-    expect_error(function() return D.tensor({ 1, { 2 } }) end, "tensor: expected a number at [2], got table")
-    expect_error(function() return D.tensor({ { 1, 2 }, { 3, "x" } }) end,
+    H.expect_error(function() return D.tensor({ 1, { 2 } }) end, "tensor: expected a number at [2], got table")
+    H.expect_error(function() return D.tensor({ { 1, 2 }, { 3, "x" } }) end,
       "tensor: expected a number at [2][2], got string")
-    expect_error(function() return D.tensor({ true }) end, "tensor: expected a number at [1], got boolean")
+    H.expect_error(function() return D.tensor({ true }) end, "tensor: expected a number at [1], got boolean")
   end)
 
   it("rejects arguments that are neither a table nor a number", function()
-    expect_error(function() return D.tensor("abc") end, "table expected, got string")
-    expect_error(function() return D.tensor() end, "table expected, got no value")
+    H.expect_error(function() return D.tensor("abc") end, "table expected, got string")
+    H.expect_error(function() return D.tensor() end, "table expected, got no value")
   end)
 end)
 

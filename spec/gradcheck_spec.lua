@@ -6,6 +6,7 @@
 -- from kinks (abs, relu, maximum, clamp, max), ties and domain edges (log,
 -- sqrt, division by small numbers).
 local D = require "diffusion"
+local H = require "helpers"
 
 --- inputs -------------------------------------------------------------------
 
@@ -66,8 +67,6 @@ local function check(name, op, fn, inputs, tol)
     assert.is_false(ok, name .. " passed with a corrupted backward: " .. report)
   end)
 end
-
-local function shape_name(shape) return "{" .. table.concat(shape, ",") .. "}" end
 
 local TIGHT = { eps = 1e-2, atol = 1e-3, rtol = 1e-3 }
 
@@ -160,7 +159,7 @@ describe("gradcheck of unary ops", function()
   for _, u in ipairs(unary) do
     local op, make, tol = u[1], u[2], u[3]
     for _, shape in ipairs(shapes) do
-      check(op .. " " .. shape_name(shape), op, function(a) return a[op](a) end, { make(shape) }, tol)
+      check(op .. " " .. H.shape_string(shape), op, function(a) return a[op](a) end, { make(shape) }, tol)
     end
     -- through the method, the D.function and on a non-contiguous input
     check(op .. " of a transposed input", op, function(a) return D[op](a:t()) end, { make { 3, 2 } }, tol)
@@ -193,7 +192,7 @@ describe("gradcheck of binary ops", function()
     local op, make_a, make_b, fn, tol = c[1], c[2], c[3], c[4], c[5]
     for _, p in ipairs(pairs_) do
       local a, b = make_a(p[1]), make_b(p[2])
-      check(op .. " " .. shape_name(p[1]) .. " with " .. shape_name(p[2]), op, fn, { a, b }, tol)
+      check(op .. " " .. H.shape_string(p[1]) .. " with " .. H.shape_string(p[2]), op, fn, { a, b }, tol)
     end
   end
 
@@ -212,7 +211,7 @@ end)
 describe("gradcheck of binary ops with a number", function()
   local shapes = { { 4 }, { 2, 3 }, {} }
   for _, shape in ipairs(shapes) do
-    local s = shape_name(shape)
+    local s = H.shape_string(shape)
     check("x + 2 " .. s, "add", function(a) return a + 2 end, { randn(shape) }, TIGHT)
     check("2 + x " .. s, "add", function(a) return 2 + a end, { randn(shape) }, TIGHT)
     check("x - 2 " .. s, "sub", function(a) return a - 2 end, { randn(shape) }, TIGHT)
@@ -239,7 +238,7 @@ describe("gradcheck of clamp", function()
   -- the grid k * 0.1 + 0.05 keeps every value 0.05 from the bounds ±0.5
   local function near(shape) return grid(shape, 0.1, 0.05) end
   for _, shape in ipairs { { 12 }, { 3, 4 }, { 2, 3, 2 } } do
-    local s = shape_name(shape)
+    local s = H.shape_string(shape)
     check("clamp(x, -0.5, 0.5) " .. s, "clamp", function(a) return a:clamp(-0.5, 0.5) end, { near(shape) }, TIGHT)
     check("clamp(x, -0.5) " .. s, "clamp", function(a) return a:clamp(-0.5) end, { near(shape) }, TIGHT)
     check("clamp(x, nil, 0.5) " .. s, "clamp", function(a) return a:clamp(nil, 0.5) end, { near(shape) }, TIGHT)
@@ -333,7 +332,7 @@ describe("gradcheck of matmul", function()
     { { 4 }, { 2, 4, 3 } },
   }
   for _, c in ipairs(cases) do
-    check("matmul " .. shape_name(c[1]) .. " x " .. shape_name(c[2]), "matmul", mm, { randn(c[1]), randn(c[2]) }, TIGHT)
+    check("matmul " .. H.shape_string(c[1]) .. " x " .. H.shape_string(c[2]), "matmul", mm, { randn(c[1]), randn(c[2]) }, TIGHT)
   end
   check("matmul of transposed operands", "matmul", function(a, b) return a:t():matmul(b:t()) end,
     { randn { 4, 3 }, randn { 2, 4 } }, TIGHT)

@@ -4,33 +4,11 @@
 -- tensors, unwritable paths, atomic replacement.
 local D = require "diffusion"
 local image = require "diffusion.image"
+local H = require "helpers"
 
 local NAN, INF = 0 / 0, math.huge
 
 --- helpers ----------------------------------------------------------------
-
-local function write_file(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
--- The entries of a directory, sorted.
-local function listdir(dir)
-  local p = assert(io.popen("ls -A '" .. dir .. "'"))
-  local names = {}
-  for line in p:lines() do names[#names + 1] = line end
-  p:close()
-  table.sort(names)
-  return names
-end
 
 -- A tensor of the given shape from f(i1, i2, ...) (1-based positions).
 local function from_fn(shape, f)
@@ -66,15 +44,7 @@ local function write_bmp(path, w, h, pixel, bpp)
   local data = table.concat(rows)
   local file_header = string.pack("<c2I4I2I2I4", "BM", 14 + 40 + #data, 0, 0, 14 + 40)
   local info_header = string.pack("<I4i4i4I2I2I4I4i4i4I4I4", 40, w, h, 1, bpp, 0, #data, 2835, 2835, 0, 0)
-  write_file(path, file_header .. info_header .. data)
-end
-
-local function assert_error(pattern_list, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  for _, p in ipairs(pattern_list) do
-    assert.is_truthy(string.find(tostring(err), p, 1, true), "error '" .. tostring(err) .. "' lacks '" .. p .. "'")
-  end
+  H.write_file(path, file_header .. info_header .. data)
 end
 
 --- specs ------------------------------------------------------------------
@@ -82,15 +52,8 @@ end
 describe("image", function()
   local dir
 
-  setup(function()
-    dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir '" .. dir .. "'"))
-  end)
-
-  teardown(function()
-    os.execute("rm -rf '" .. dir .. "'")
-  end)
+  setup(function() dir = H.temp_dir() end)
+  teardown(function() H.remove_tree(dir) end)
 
   local function path(name) return dir .. "/" .. name end
 
@@ -164,10 +127,10 @@ describe("image", function()
 
     it("replaces an existing file and leaves no temporary file", function()
       local sub = path("replace")
-      assert(os.execute("mkdir '" .. sub .. "'"))
-      write_file(sub .. "/a.png", "old contents")
+      H.mkdir(sub)
+      H.write_file(sub .. "/a.png", "old contents")
       assert.is_true(image.save(D.zeros(1, 2, 2), sub .. "/a.png"))
-      assert.are.same({ "a.png" }, listdir(sub))
+      assert.are.same({ "a.png" }, H.listdir(sub))
       assert.are.same({ { { 128, 128 }, { 128, 128 } } }, image.load(sub .. "/a.png", { range = "[0,255]" }):totable())
     end)
   end)
@@ -203,15 +166,15 @@ describe("image", function()
 
   describe("save_grid", function()
     -- tile k (1..10) pixel (i, j) holds 10 k + 2 (i - 1) + (j - 1)
-    local N, H, W, PAD = 10, 3, 2, 2
+    local N, TH, TW, PAD = 10, 3, 2, 2
     local function tiles()
-      return from_fn({ N, 1, H, W }, function(k, _, i, j) return 10 * k + 2 * (i - 1) + (j - 1) end)
+      return from_fn({ N, 1, TH, TW }, function(k, _, i, j) return 10 * k + 2 * (i - 1) + (j - 1) end)
     end
 
     it("tiles N = 10 with nrow = 4 into 3 rows with padding", function()
       assert(image.save_grid(tiles(), path("grid.png"), { nrow = 4, pad = PAD, pad_value = 255, range = "[0,255]" }))
       local g = image.load(path("grid.png"), { range = "[0,255]" })
-      assert.are.same({ 1, 3 * (H + PAD) + PAD, 4 * (W + PAD) + PAD }, g:shape()) -- {1, 17, 18}
+      assert.are.same({ 1, 3 * (TH + PAD) + PAD, 4 * (TW + PAD) + PAD }, g:shape()) -- {1, 17, 18}
       -- hand-picked positions (1-based)
       assert.are.equal(255, g[1][1][1])   -- top-left padding
       assert.are.equal(10, g[1][3][3])    -- tile 1, first pixel
@@ -226,8 +189,8 @@ describe("image", function()
       -- every pixel
       for gy = 0, 16 do
         for gx = 0, 17 do
-          local r, i = gy // (H + PAD), gy % (H + PAD) - PAD
-          local c, j = gx // (W + PAD), gx % (W + PAD) - PAD
+          local r, i = gy // (TH + PAD), gy % (TH + PAD) - PAD
+          local c, j = gx // (TW + PAD), gx % (TW + PAD) - PAD
           local k = r * 4 + c + 1
           local want = 255
           if i >= 0 and j >= 0 and c < 4 and k <= N then want = 10 * k + 2 * i + j end
@@ -252,11 +215,11 @@ describe("image", function()
     end)
 
     it("rejects bad grids", function()
-      assert_error({ "image.save_grid", "(N, C, H, W)", "{3,4,5}" }, image.save_grid, D.zeros(3, 4, 5), path("x.png"))
-      assert_error({ "image.save_grid", "1 (gray) or 3 (RGB)", "{2,2,4,4}" }, image.save_grid, D.zeros(2, 2, 4, 4), path("x.png"))
-      assert_error({ "image.save_grid", "(N, C, H, W)", "{0,3,4,4}" }, image.save_grid, D.zeros(0, 3, 4, 4), path("x.png"))
-      assert_error({ "nrow must be a positive integer" }, image.save_grid, D.zeros(2, 1, 2, 2), path("x.png"), { nrow = 0 })
-      assert_error({ "pad must be a non-negative integer" }, image.save_grid, D.zeros(2, 1, 2, 2), path("x.png"), { pad = -1 })
+      H.assert_error_with({ "image.save_grid", "(N, C, H, W)", "{3,4,5}" }, image.save_grid, D.zeros(3, 4, 5), path("x.png"))
+      H.assert_error_with({ "image.save_grid", "1 (gray) or 3 (RGB)", "{2,2,4,4}" }, image.save_grid, D.zeros(2, 2, 4, 4), path("x.png"))
+      H.assert_error_with({ "image.save_grid", "(N, C, H, W)", "{0,3,4,4}" }, image.save_grid, D.zeros(0, 3, 4, 4), path("x.png"))
+      H.assert_error_with({ "nrow must be a positive integer" }, image.save_grid, D.zeros(2, 1, 2, 2), path("x.png"), { nrow = 0 })
+      H.assert_error_with({ "pad must be a non-negative integer" }, image.save_grid, D.zeros(2, 1, 2, 2), path("x.png"), { pad = -1 })
       assert.is_nil(io.open(path("x.png")))
     end)
   end)
@@ -307,10 +270,10 @@ describe("image", function()
     end)
 
     it("rejects bad sizes", function()
-      assert_error({ "image.resize", "must be positive" }, image.resize, D.zeros(2, 2), 0, 2)
-      assert_error({ "image.resize", "empty image", "{0,2}" }, image.resize, D.zeros(0, 2), 2, 2)
-      assert_error({ "image.resize", "(..., H, W)", "{4}" }, image.resize, D.zeros(4), 2, 2)
-      assert_error({ "size must be a positive integer" }, image.load, path("p.png"), { size = 0 })
+      H.assert_error_with({ "image.resize", "must be positive" }, image.resize, D.zeros(2, 2), 0, 2)
+      H.assert_error_with({ "image.resize", "empty image", "{0,2}" }, image.resize, D.zeros(0, 2), 2, 2)
+      H.assert_error_with({ "image.resize", "(..., H, W)", "{4}" }, image.resize, D.zeros(4), 2, 2)
+      H.assert_error_with({ "size must be a positive integer" }, image.load, path("p.png"), { size = 0 })
     end)
   end)
 
@@ -335,8 +298,8 @@ describe("image", function()
     end)
 
     it("rejects what is not a tensor", function()
-      assert_error({ "image.hflip", "expected a tensor" }, image.hflip, { 1, 2 })
-      assert_error({ "image.hflip", "0-d" }, image.hflip, D.tensor(1))
+      H.assert_error_with({ "image.hflip", "expected a tensor" }, image.hflip, { 1, 2 })
+      H.assert_error_with({ "image.hflip", "0-d" }, image.hflip, D.tensor(1))
     end)
   end)
 
@@ -349,13 +312,13 @@ describe("image", function()
     end)
 
     it("raises for a text file, naming the file and stb's reason", function()
-      write_file(path("notes.txt"), "hello, this is not an image\n")
-      assert_error({ "image.load", path("notes.txt"), "not an image", "unknown image type" }, image.load, path("notes.txt"))
+      H.write_file(path("notes.txt"), "hello, this is not an image\n")
+      H.assert_error_with({ "image.load", path("notes.txt"), "not an image", "unknown image type" }, image.load, path("notes.txt"))
     end)
 
     it("raises for a zero-size file", function()
-      write_file(path("empty.png"), "")
-      assert_error({ "image.load", path("empty.png"), "not an image" }, image.load, path("empty.png"))
+      H.write_file(path("empty.png"), "")
+      H.assert_error_with({ "image.load", path("empty.png"), "not an image" }, image.load, path("empty.png"))
     end)
 
     it("raises for a truncated PNG", function()
@@ -365,15 +328,15 @@ describe("image", function()
         return state >> 23
       end)
       assert(image.save(x, path("full.png"), { range = "[0,255]" }))
-      local bytes = read_file(path("full.png"))
+      local bytes = H.read_file(path("full.png"))
       assert.is_true(#bytes > 1000)
-      write_file(path("cut.png"), bytes:sub(1, #bytes // 2))
-      assert_error({ "image.load", "cannot decode", path("cut.png") }, image.load, path("cut.png"))
+      H.write_file(path("cut.png"), bytes:sub(1, #bytes // 2))
+      H.assert_error_with({ "image.load", "cannot decode", path("cut.png") }, image.load, path("cut.png"))
     end)
 
     it("checks the pixel cap before decoding", function()
       assert(image.save(D.zeros(3, 4, 4), path("cap.png")))
-      assert_error({ "image.load", path("cap.png"), "4x4 with 3 channel(s) = 48 values, over the cap of 47" },
+      H.assert_error_with({ "image.load", path("cap.png"), "4x4 with 3 channel(s) = 48 values, over the cap of 47" },
         image.load, path("cap.png"), { max_pixels = 47 })
       assert.are.same({ 3, 4, 4 }, image.load(path("cap.png"), { max_pixels = 48 }):shape())
       -- the cap counts the channels asked for
@@ -382,27 +345,27 @@ describe("image", function()
       -- 100000 x 100000 BMP header with no pixel data at all
       local header = string.pack("<c2I4I2I2I4", "BM", 54, 0, 0, 54)
         .. string.pack("<I4i4i4I2I2I4I4i4i4I4I4", 40, 100000, 100000, 1, 24, 0, 0, 2835, 2835, 0, 0)
-      write_file(path("huge.bmp"), header)
-      assert_error({ "image.load", "over the cap of " .. image.MAX_VALUES }, image.load, path("huge.bmp"))
+      H.write_file(path("huge.bmp"), header)
+      H.assert_error_with({ "image.load", "over the cap of " .. image.MAX_VALUES }, image.load, path("huge.bmp"))
     end)
 
     it("rejects bad load options", function()
-      assert_error({ "image.load", "channels must be 1 or 3" }, image.load, path("cap.png"), { channels = 2 })
-      assert_error({ "image.load", "range must be" }, image.load, path("cap.png"), { range = "[0,2]" })
-      assert_error({ "image.load", "max_pixels must be a positive integer" }, image.load, path("cap.png"), { max_pixels = 0 })
-      assert_error({ "image.load", "unknown option chanels" }, image.load, path("cap.png"), { chanels = 1 })
-      assert_error({ "image.load", "path must be a string" }, image.load, 42)
+      H.assert_error_with({ "image.load", "channels must be 1 or 3" }, image.load, path("cap.png"), { channels = 2 })
+      H.assert_error_with({ "image.load", "range must be" }, image.load, path("cap.png"), { range = "[0,2]" })
+      H.assert_error_with({ "image.load", "max_pixels must be a positive integer" }, image.load, path("cap.png"), { max_pixels = 0 })
+      H.assert_error_with({ "image.load", "unknown option chanels" }, image.load, path("cap.png"), { chanels = 1 })
+      H.assert_error_with({ "image.load", "path must be a string" }, image.load, 42)
     end)
 
     it("rejects tensors that are not images", function()
       local p = path("bad.png")
-      assert_error({ "image.save", "(C, H, W) or (H, W)", "{1,3,4,4}" }, image.save, D.zeros(1, 3, 4, 4), p)
-      assert_error({ "image.save", "(C, H, W) or (H, W)", "{4}" }, image.save, D.zeros(4), p)
-      assert_error({ "image.save", "1 (gray) or 3 (RGB) channels", "{2,4,4}" }, image.save, D.zeros(2, 4, 4), p)
-      assert_error({ "image.save", "empty", "{3,0,4}" }, image.save, D.zeros(3, 0, 4), p)
-      assert_error({ "image.save", "empty", "{0,4}" }, image.save, D.zeros(0, 4), p)
-      assert_error({ "image.save", "expected a tensor" }, image.save, { 1, 2 }, p)
-      assert_error({ "image.save", "range must be" }, image.save, D.zeros(1, 2, 2), p, { range = "[-2,2]" })
+      H.assert_error_with({ "image.save", "(C, H, W) or (H, W)", "{1,3,4,4}" }, image.save, D.zeros(1, 3, 4, 4), p)
+      H.assert_error_with({ "image.save", "(C, H, W) or (H, W)", "{4}" }, image.save, D.zeros(4), p)
+      H.assert_error_with({ "image.save", "1 (gray) or 3 (RGB) channels", "{2,4,4}" }, image.save, D.zeros(2, 4, 4), p)
+      H.assert_error_with({ "image.save", "empty", "{3,0,4}" }, image.save, D.zeros(3, 0, 4), p)
+      H.assert_error_with({ "image.save", "empty", "{0,4}" }, image.save, D.zeros(0, 4), p)
+      H.assert_error_with({ "image.save", "expected a tensor" }, image.save, { 1, 2 }, p)
+      H.assert_error_with({ "image.save", "range must be" }, image.save, D.zeros(1, 2, 2), p, { range = "[-2,2]" })
       assert.is_nil(io.open(p))
     end)
 
@@ -416,18 +379,18 @@ describe("image", function()
 
     it("leaves an existing file unchanged when a save fails", function()
       local sub = path("keep")
-      assert(os.execute("mkdir '" .. sub .. "'"))
+      H.mkdir(sub)
       -- a name just under the 255-byte limit: the temporary name is too long
       local target = sub .. "/" .. string.rep("k", 250) .. ".png"
-      write_file(target, "original")
+      H.write_file(target, "original")
       local ok, err = image.save(D.zeros(3, 2, 2), target)
       assert.is_nil(ok)
       assert.is_truthy(err:find("File name too long", 1, true))
-      assert.are.equal("original", read_file(target))
+      assert.are.equal("original", H.read_file(target))
       -- a bad tensor fails before anything is written
       assert.has_error(function() image.save(D.zeros(2, 2, 2), target) end)
-      assert.are.equal("original", read_file(target))
-      assert.are.same({ string.rep("k", 250) .. ".png" }, listdir(sub))
+      assert.are.equal("original", H.read_file(target))
+      assert.are.same({ string.rep("k", 250) .. ".png" }, H.listdir(sub))
     end)
 
     it("removes its temporary file when the final rename fails", function()
@@ -436,8 +399,8 @@ describe("image", function()
       local ok, err = image.save(D.zeros(1, 2, 2), sub .. "/target.png") -- a directory: rename refuses
       assert.is_nil(ok)
       assert.is_truthy(err:find("cannot rename", 1, true))
-      assert.are.same({ "target.png" }, listdir(sub))
-      assert.are.same({ "inner" }, listdir(sub .. "/target.png"))
+      assert.are.same({ "target.png" }, H.listdir(sub))
+      assert.are.same({ "inner" }, H.listdir(sub .. "/target.png"))
     end)
   end)
 end)

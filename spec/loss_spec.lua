@@ -3,45 +3,9 @@
 -- gradients, finite-difference gradient checks, stability at large logits,
 -- non-contiguous and large (blocked, multi-threaded) inputs, and every error.
 local D = require "diffusion"
+local H = require "helpers"
 
 --- helpers ----------------------------------------------------------------
-
-local function tolist(v)
-  if type(v) == "userdata" then
-    if v:dim() == 0 then return v:item() end
-    return v:totable()
-  end
-  return v
-end
-
-local function compare(a, e, tol, path)
-  if type(e) == "table" then
-    if type(a) ~= "table" or #a ~= #e then return false, path .. ": shape differs" end
-    for i = 1, #e do
-      local ok, msg = compare(a[i], e[i], tol, path .. "[" .. i .. "]")
-      if not ok then return false, msg end
-    end
-    return true
-  end
-  if type(a) ~= "number" or a ~= a or math.abs(a - e) > tol * math.max(1, math.abs(e)) then
-    return false, string.format("%s: expected %.9g, got %s", path, e, tostring(a))
-  end
-  return true
-end
-
-local function assert_close(actual, expected, tol)
-  local ok, msg = compare(tolist(actual), tolist(expected), tol or 1e-5, "value")
-  assert.is_true(ok, msg)
-end
-
-local function assert_error_with(needle, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  err = tostring(err)
-  assert(err:find(needle, 1, true), ("expected %q in the error message, got %q"):format(needle, err))
-end
-
-local function leaf(t) return D.tensor(t):requires_grad_() end
 
 local function all_finite(t)
   for _, v in ipairs(t:contiguous():view(-1):totable()) do
@@ -62,39 +26,39 @@ local SHAPES = { { 5 }, { 3, 4 }, { 2, 3, 2 }, { 2, 1, 3, 2 } }
 
 describe("mse_loss", function()
   it("is the mean of squared errors, with gradients for pred and target", function()
-    local p, t = leaf { { 1, 2 }, { 3, 4 } }, leaf { { 0, 2 }, { 1, 1 } }
+    local p, t = H.leaf { { 1, 2 }, { 3, 4 } }, H.leaf { { 0, 2 }, { 1, 1 } }
     local l = D.mse_loss(p, t)
     assert.are.same({}, l:shape())
-    assert_close(l, 3.5) -- (1 + 0 + 4 + 9) / 4
+    H.assert_close(l, 3.5) -- (1 + 0 + 4 + 9) / 4
     assert.are.equal("mse_loss", l.grad_fn)
     l:backward()
-    assert_close(p.grad, { { 0.5, 0 }, { 1, 1.5 } }) -- 2 (p - t) / 4
-    assert_close(t.grad, { { -0.5, 0 }, { -1, -1.5 } })
+    H.assert_close(p.grad, { { 0.5, 0 }, { 1, 1.5 } }) -- 2 (p - t) / 4
+    H.assert_close(t.grad, { { -0.5, 0 }, { -1, -1.5 } })
   end)
 
   it("weighs each sample's elements by weight[n]", function()
-    local p, t, w = leaf { { 1, 2 }, { 3, 4 } }, D.tensor { { 0, 2 }, { 1, 1 } }, leaf { 1, 0.5 }
+    local p, t, w = H.leaf { { 1, 2 }, { 3, 4 } }, D.tensor { { 0, 2 }, { 1, 1 } }, H.leaf { 1, 0.5 }
     local l = D.mse_loss(p, t, w)
-    assert_close(l, 1.875) -- (1 * (1 + 0) + 0.5 * (4 + 9)) / 4
+    H.assert_close(l, 1.875) -- (1 * (1 + 0) + 0.5 * (4 + 9)) / 4
     l:backward()
-    assert_close(p.grad, { { 0.5, 0 }, { 0.5, 0.75 } }) -- 2 w (p - t) / 4
-    assert_close(w.grad, { 0.25, 3.25 })                -- sum of the sample's squares / 4
+    H.assert_close(p.grad, { { 0.5, 0 }, { 0.5, 0.75 } }) -- 2 w (p - t) / 4
+    H.assert_close(w.grad, { 0.25, 3.25 })                -- sum of the sample's squares / 4
     assert.is_nil(t.grad)
   end)
 
   it("weights of ones give the unweighted loss; 1-d pred weighs each element", function()
     local p, t = D.randn(3, 5, D.Generator(1)), D.randn(3, 5, D.Generator(2))
-    assert_close(D.mse_loss(p, t, D.ones(3)), D.mse_loss(p, t):item())
-    assert_close(D.mse_loss(D.tensor { 1, 2 }, D.tensor { 0, 0 }, D.tensor { 2, 0 }), 1) -- (2 * 1 + 0 * 4) / 2
+    H.assert_close(D.mse_loss(p, t, D.ones(3)), D.mse_loss(p, t):item())
+    H.assert_close(D.mse_loss(D.tensor { 1, 2 }, D.tensor { 0, 0 }, D.tensor { 2, 0 }), 1) -- (2 * 1 + 0 * 4) / 2
   end)
 
   it("matches ((p - t)^2):mean() on non-contiguous and large inputs", function()
     local g = D.Generator(3)
     local p, t = D.randn(6, 5, g):t(), D.randn(5, 6, g)
     assert.is_false(p:is_contiguous())
-    assert_close(D.mse_loss(p, t), ((p - t) * (p - t)):mean():item(), 1e-5)
+    H.assert_close(D.mse_loss(p, t), ((p - t) * (p - t)):mean():item(), 1e-5)
     local big_p, big_t = D.randn(70001, g), D.randn(70001, g) -- several blocks
-    assert_close(D.mse_loss(big_p, big_t), ((big_p - big_t) * (big_p - big_t)):mean():item(), 1e-5)
+    H.assert_close(D.mse_loss(big_p, big_t), ((big_p - big_t) * (big_p - big_t)):mean():item(), 1e-5)
   end)
 
   it("gives the same bits at any thread count", function()
@@ -113,10 +77,10 @@ describe("mse_loss", function()
   end)
 
   it("records nothing under no_grad", function()
-    local p = leaf { 1, 2 }
+    local p = H.leaf { 1, 2 }
     local l = D.no_grad(function() return D.mse_loss(p, D.tensor { 0, 0 }) end)
     assert.is_false(l.requires_grad)
-    assert_close(l, 2.5)
+    H.assert_close(l, 2.5)
   end)
 
   for i, shape in ipairs(SHAPES) do
@@ -141,16 +105,16 @@ describe("mse_loss", function()
   end)
 
   it("errors on shape mismatches, naming both shapes", function()
-    assert_error_with("mse_loss: pred has shape {2,3} but target has shape {3,2} (shapes must match exactly)",
+    H.assert_error_with("mse_loss: pred has shape {2,3} but target has shape {3,2} (shapes must match exactly)",
       D.mse_loss, D.zeros(2, 3), D.zeros(3, 2))
-    assert_error_with("mse_loss: pred has shape {4} but target has shape {4,1}", D.mse_loss, D.zeros(4), D.zeros(4, 1))
-    assert_error_with("mse_loss: weight has shape {3}, expected {2} (one weight per sample of pred {2,5})",
+    H.assert_error_with("mse_loss: pred has shape {4} but target has shape {4,1}", D.mse_loss, D.zeros(4), D.zeros(4, 1))
+    H.assert_error_with("mse_loss: weight has shape {3}, expected {2} (one weight per sample of pred {2,5})",
       D.mse_loss, D.zeros(2, 5), D.zeros(2, 5), D.ones(3))
-    assert_error_with("mse_loss: weight has shape {2,1}, expected {2}", D.mse_loss, D.zeros(2, 5), D.zeros(2, 5),
+    H.assert_error_with("mse_loss: weight has shape {2,1}, expected {2}", D.mse_loss, D.zeros(2, 5), D.zeros(2, 5),
       D.ones(2, 1))
-    assert_error_with("mse_loss: a per-sample weight needs pred with a batch dim", D.mse_loss, D.tensor(1),
+    H.assert_error_with("mse_loss: a per-sample weight needs pred with a batch dim", D.mse_loss, D.tensor(1),
       D.tensor(2), D.ones(1))
-    assert_error_with("Tensor expected", D.mse_loss, D.zeros(2), 3)
+    H.assert_error_with("Tensor expected", D.mse_loss, D.zeros(2), 3)
   end)
 end)
 
@@ -158,12 +122,12 @@ end)
 
 describe("l1_loss", function()
   it("is the mean absolute error; its gradient is sign(p - t) / n, 0 where equal", function()
-    local p, t = leaf { { 1, 2 }, { 0, 4 } }, leaf { { 0, 2 }, { 1, 1 } }
+    local p, t = H.leaf { { 1, 2 }, { 0, 4 } }, H.leaf { { 0, 2 }, { 1, 1 } }
     local l = D.l1_loss(p, t)
-    assert_close(l, 1.25) -- (1 + 0 + 1 + 3) / 4
+    H.assert_close(l, 1.25) -- (1 + 0 + 1 + 3) / 4
     l:backward()
-    assert_close(p.grad, { { 0.25, 0 }, { -0.25, 0.25 } })
-    assert_close(t.grad, { { -0.25, 0 }, { 0.25, -0.25 } })
+    H.assert_close(p.grad, { { 0.25, 0 }, { -0.25, 0.25 } })
+    H.assert_close(t.grad, { { -0.25, 0 }, { 0.25, -0.25 } })
   end)
 
   for i, shape in ipairs(SHAPES) do
@@ -177,7 +141,7 @@ describe("l1_loss", function()
   end
 
   it("errors on a shape mismatch", function()
-    assert_error_with("l1_loss: pred has shape {3} but target has shape {2}", D.l1_loss, D.zeros(3), D.zeros(2))
+    H.assert_error_with("l1_loss: pred has shape {3} but target has shape {2}", D.l1_loss, D.zeros(3), D.zeros(2))
   end)
 end)
 
@@ -185,12 +149,12 @@ end)
 
 describe("bce_with_logits", function()
   it("is mean(max(x, 0) - x y + log(1 + exp(-|x|))), d/dx = sigmoid(x) - y, d/dy = -x", function()
-    local x, y = leaf { 0, 2, -1 }, leaf { 1, 0, 0.5 }
+    local x, y = H.leaf { 0, 2, -1 }, H.leaf { 1, 0, 0.5 }
     local l = D.bce_with_logits(x, y)
-    assert_close(l, 1.2111122930403804)
+    H.assert_close(l, 1.2111122930403804)
     l:backward()
-    assert_close(x.grad, { -0.16666666666666666, 0.29359902599262744, -0.07701952621000163 })
-    assert_close(y.grad, { 0, -0.6666666666666666, 0.3333333333333333 })
+    H.assert_close(x.grad, { -0.16666666666666666, 0.29359902599262744, -0.07701952621000163 })
+    H.assert_close(y.grad, { 0, -0.6666666666666666, 0.3333333333333333 })
   end)
 
   it("agrees with -(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))) at moderate logits", function()
@@ -198,19 +162,19 @@ describe("bce_with_logits", function()
     local x, y = D.randn(4, 6, g) * 3, D.rand(4, 6, g)
     local s = x:sigmoid()
     local naive = -(y * s:log() + (1 - y) * (1 - s):log()):mean()
-    assert_close(D.bce_with_logits(x, y), naive:item(), 1e-5)
+    H.assert_close(D.bce_with_logits(x, y), naive:item(), 1e-5)
   end)
 
   it("stays finite and exact at logits of ±100", function()
-    local x, y = leaf { 100, -100, 100, -100 }, D.tensor { 1, 0, 0, 1 }
+    local x, y = H.leaf { 100, -100, 100, -100 }, D.tensor { 1, 0, 0, 1 }
     local l = D.bce_with_logits(x, y)
-    assert_close(l, 50) -- 0, 0, 100, 100
+    H.assert_close(l, 50) -- 0, 0, 100, 100
     l:backward()
-    assert_close(x.grad, { 0, 0, 0.25, -0.25 })
+    H.assert_close(x.grad, { 0, 0, 0.25, -0.25 })
     assert.is_true(all_finite(x.grad))
-    local huge = leaf { 1e30, -1e30 }
+    local huge = H.leaf { 1e30, -1e30 }
     local l2 = D.bce_with_logits(huge, D.tensor { 1, 0 })
-    assert_close(l2, 0)
+    H.assert_close(l2, 0)
     l2:backward()
     assert.is_true(all_finite(huge.grad))
   end)
@@ -226,7 +190,7 @@ describe("bce_with_logits", function()
   end
 
   it("errors on a shape mismatch", function()
-    assert_error_with("bce_with_logits: logits has shape {2,2} but target has shape {4}", D.bce_with_logits,
+    H.assert_error_with("bce_with_logits: logits has shape {2,2} but target has shape {4}", D.bce_with_logits,
       D.zeros(2, 2), D.zeros(4))
   end)
 end)
@@ -235,24 +199,24 @@ end)
 
 describe("cross_entropy", function()
   it("takes 1-based classes: mean of -log softmax(x)[target]", function()
-    local x = leaf { { 1, 2, 3 }, { 0, 0, 0 } }
+    local x = H.leaf { { 1, 2, 3 }, { 0, 0, 0 } }
     local l = D.cross_entropy(x, D.tensor { 3, 1 })
-    assert_close(l, 0.7531091265562452) -- (3.4076 - 3 + log 3) / 2
+    H.assert_close(l, 0.7531091265562452) -- (3.4076 - 3 + log 3) / 2
     l:backward()
-    assert_close(x.grad, { { 0.04501528658519022, 0.12236423552739879, -0.16737952211258916 },
+    H.assert_close(x.grad, { { 0.04501528658519022, 0.12236423552739879, -0.16737952211258916 },
       { -0.33333333333333337, 0.16666666666666666, 0.16666666666666666 } })
   end)
 
   it("with label smoothing targets (1 - eps) onehot + eps / C", function()
-    local x = leaf { { 1, 2, 3 }, { 0, 0, 0 } }
+    local x = H.leaf { { 1, 2, 3 }, { 0, 0, 0 } }
     local l = D.cross_entropy(x, D.tensor { 3, 1 }, { label_smoothing = 0.3 })
-    assert_close(l, 0.9031091265562452)
+    H.assert_close(l, 0.9031091265562452)
     l:backward()
-    assert_close(x.grad, { { -0.0049847134148097785, 0.07236423552739879, -0.06737952211258913 },
+    H.assert_close(x.grad, { { -0.0049847134148097785, 0.07236423552739879, -0.06737952211258913 },
       { -0.2333333333333333, 0.11666666666666667, 0.11666666666666667 } })
     -- label_smoothing = 0 and an empty options table are the default
-    assert_close(D.cross_entropy(x, D.tensor { 3, 1 }, { label_smoothing = 0 }), 0.7531091265562452)
-    assert_close(D.cross_entropy(x, D.tensor { 3, 1 }, {}), 0.7531091265562452)
+    H.assert_close(D.cross_entropy(x, D.tensor { 3, 1 }, { label_smoothing = 0 }), 0.7531091265562452)
+    H.assert_close(D.cross_entropy(x, D.tensor { 3, 1 }, {}), 0.7531091265562452)
   end)
 
   it("agrees with -log_softmax picked by hand", function()
@@ -266,29 +230,29 @@ describe("cross_entropy", function()
       for c = 1, 7 do s = s + math.exp(row[c] - m) end
       expected = expected + (m + math.log(s) - row[target[n]]) / 5
     end
-    assert_close(D.cross_entropy(x, D.tensor(target)), expected, 1e-5)
+    H.assert_close(D.cross_entropy(x, D.tensor(target)), expected, 1e-5)
   end)
 
   it("stays finite at logits of ±100 and beyond", function()
-    local x = leaf { { 100, -100, 0 } }
+    local x = H.leaf { { 100, -100, 0 } }
     local l = D.cross_entropy(x, D.tensor { 1 })
-    assert_close(l, 0)
+    H.assert_close(l, 0)
     l:backward()
-    assert_close(x.grad, { { 0, 0, 0 } })
-    x = leaf { { 100, -100, 0 } }
+    H.assert_close(x.grad, { { 0, 0, 0 } })
+    x = H.leaf { { 100, -100, 0 } }
     l = D.cross_entropy(x, D.tensor { 2 }, { label_smoothing = 0.1 })
-    assert_close(l, 190) -- 100 - 0.9 (-100) - 0.1 / 3 * 0
+    H.assert_close(l, 190) -- 100 - 0.9 (-100) - 0.1 / 3 * 0
     l:backward()
-    assert_close(x.grad, { { 0.9666666666666667, -0.9333333333333333, -0.03333333333333333 } })
-    local big = leaf { { 1e4, -1e4 }, { -3e4, 3e4 } }
+    H.assert_close(x.grad, { { 0.9666666666666667, -0.9333333333333333, -0.03333333333333333 } })
+    local big = H.leaf { { 1e4, -1e4 }, { -3e4, 3e4 } }
     local l2 = D.cross_entropy(big, D.tensor { 2, 2 })
-    assert_close(l2, 1e4)
+    H.assert_close(l2, 1e4)
     l2:backward()
     assert.is_true(all_finite(big.grad))
   end)
 
   it("gives the target no gradient", function()
-    local x, t = leaf { { 1, 2 } }, leaf { 2 }
+    local x, t = H.leaf { { 1, 2 } }, H.leaf { 2 }
     D.cross_entropy(x, t):backward()
     assert.is_not_nil(x.grad)
     assert.is_nil(t.grad)
@@ -300,7 +264,7 @@ describe("cross_entropy", function()
     local target = D.randint(1, 8, 20000, g)
     local l = D.cross_entropy(x, target)
     local lc = D.cross_entropy(x:contiguous(), target)
-    assert_close(l, lc:item(), 1e-6)
+    H.assert_close(l, lc:item(), 1e-6)
     assert.is_true(l:item() > 1 and l:item() < 4)
   end)
 
@@ -331,26 +295,26 @@ describe("cross_entropy", function()
 
   it("errors on a bad class index, naming it (1-based)", function()
     local x = D.zeros(3, 5)
-    assert_error_with("cross_entropy: target[2] = 6 is not a class index in 1..5", D.cross_entropy, x,
+    H.assert_error_with("cross_entropy: target[2] = 6 is not a class index in 1..5", D.cross_entropy, x,
       D.tensor { 1, 6, 2 })
-    assert_error_with("cross_entropy: target[1] = 0 is not a class index in 1..5", D.cross_entropy, x,
+    H.assert_error_with("cross_entropy: target[1] = 0 is not a class index in 1..5", D.cross_entropy, x,
       D.tensor { 0, 1, 2 })
-    assert_error_with("cross_entropy: target[3] = 1.5 is not a class index in 1..5", D.cross_entropy, x,
+    H.assert_error_with("cross_entropy: target[3] = 1.5 is not a class index in 1..5", D.cross_entropy, x,
       D.tensor { 1, 2, 1.5 })
-    assert_error_with("cross_entropy: target[1] = -1 is not a class index", D.cross_entropy, x, D.tensor { -1, 1, 1 })
+    H.assert_error_with("cross_entropy: target[1] = -1 is not a class index", D.cross_entropy, x, D.tensor { -1, 1, 1 })
   end)
 
   it("errors on bad shapes and options", function()
-    assert_error_with("cross_entropy: logits must be (N, C), got shape {5}", D.cross_entropy, D.zeros(5), D.tensor { 1 })
-    assert_error_with("cross_entropy: target has shape {2}, expected {3} (one class index per row of logits {3,5})",
+    H.assert_error_with("cross_entropy: logits must be (N, C), got shape {5}", D.cross_entropy, D.zeros(5), D.tensor { 1 })
+    H.assert_error_with("cross_entropy: target has shape {2}, expected {3} (one class index per row of logits {3,5})",
       D.cross_entropy, D.zeros(3, 5), D.tensor { 1, 2 })
-    assert_error_with("cross_entropy: target has shape {3,1}, expected {3}", D.cross_entropy, D.zeros(3, 5),
+    H.assert_error_with("cross_entropy: target has shape {3,1}, expected {3}", D.cross_entropy, D.zeros(3, 5),
       D.ones(3, 1))
-    assert_error_with("cross_entropy: label_smoothing must be in [0, 1], got 1.5", D.cross_entropy, D.zeros(2, 3),
+    H.assert_error_with("cross_entropy: label_smoothing must be in [0, 1], got 1.5", D.cross_entropy, D.zeros(2, 3),
       D.tensor { 1, 2 }, { label_smoothing = 1.5 })
-    assert_error_with("cross_entropy: label_smoothing must be in [0, 1], got -0.1", D.cross_entropy, D.zeros(2, 3),
+    H.assert_error_with("cross_entropy: label_smoothing must be in [0, 1], got -0.1", D.cross_entropy, D.zeros(2, 3),
       D.tensor { 1, 2 }, { label_smoothing = -0.1 })
-    assert_error_with("label_smoothing must be a number, got string", D.cross_entropy, D.zeros(2, 3),
+    H.assert_error_with("label_smoothing must be a number, got string", D.cross_entropy, D.zeros(2, 3),
       D.tensor { 1, 2 }, { label_smoothing = "a" })
   end)
 end)

@@ -1,51 +1,11 @@
 -- matmul (2-d, vectors, batched with broadcasting, views, empty, errors),
 -- and cat / stack.
 local D = require "diffusion"
+local H = require "helpers"
 
-local NAN, INF = 0 / 0, math.huge
+local NAN = 0 / 0
 
 --- helpers ----------------------------------------------------------------
-
-local function tolist(v)
-  if type(v) == "userdata" then
-    if v:dim() == 0 then return v:item() end
-    return v:totable()
-  end
-  return v
-end
-
-local function close(a, e, tol)
-  if type(a) ~= "number" then return false end
-  if e ~= e then return a ~= a end
-  if a ~= a then return false end
-  if e == INF or e == -INF then return a == e end
-  return math.abs(a - e) <= tol * math.max(1, math.abs(e))
-end
-
-local function compare(a, e, tol, path)
-  if type(e) == "table" then
-    if type(a) ~= "table" then return false, path .. ": expected a table, got " .. tostring(a) end
-    if #a ~= #e then return false, string.format("%s: expected %d elements, got %d", path, #e, #a) end
-    for i = 1, #e do
-      local ok, msg = compare(a[i], e[i], tol, path .. "[" .. i .. "]")
-      if not ok then return false, msg end
-    end
-    return true
-  end
-  if not close(a, e, tol) then
-    return false, string.format("%s: expected %.9g, got %s", path, e, tostring(a))
-  end
-  return true
-end
-
-local function assert_close(actual, expected, tol)
-  local ok, msg = compare(tolist(actual), tolist(expected), tol or 1e-5, "value")
-  assert.is_true(ok, msg)
-end
-
-local function assert_shape(t, shape)
-  assert.are.same(shape, t:shape())
-end
 
 -- Reference product of two nested 2-d tables.
 local function mm(a, b)
@@ -90,7 +50,7 @@ describe("matmul", function()
 
   it("multiplies 2-d matrices", function()
     local r = D.matmul(D.tensor(A), D.tensor(B))
-    assert_shape(r, { 2, 2 })
+    H.assert_shape(r, { 2, 2 })
     assert.are.same({ { 58, 64 }, { 139, 154 } }, r:totable())
     assert.are.same({ { 39, 54, 69 }, { 49, 68, 87 }, { 59, 82, 105 } },
       D.tensor(B):matmul(D.tensor(A)):totable())
@@ -101,8 +61,8 @@ describe("matmul", function()
       local n, k, m = dims[1], dims[2], dims[3]
       local a, b = grid(n, k, 1), grid(k, m, 2)
       local r = D.matmul(D.tensor(a), D.tensor(b))
-      assert_shape(r, { n, m })
-      assert_close(r, mm(a, b), 1e-5)
+      H.assert_shape(r, { n, m })
+      H.assert_close(r, mm(a, b), 1e-5)
     end
   end)
 
@@ -111,15 +71,15 @@ describe("matmul", function()
     local ta, tb = D.tensor(a), D.tensor(b)
     -- a^T (3x4) @ b (4x5)
     assert.is_false(ta:t():is_contiguous())
-    assert_close(D.matmul(ta:t(), tb), mm(transpose(a), b))
+    H.assert_close(D.matmul(ta:t(), tb), mm(transpose(a), b))
     -- b^T (5x4) @ a (4x3)
-    assert_close(D.matmul(tb:t(), ta), mm(transpose(b), a))
+    H.assert_close(D.matmul(tb:t(), ta), mm(transpose(b), a))
     -- (a^T)^T == a, both transposed: b^T (5x4) @ (a^T)^T (4x3)
     local c = D.tensor(grid(3, 4, 5))
-    assert_close(D.matmul(tb:t(), c:t()), mm(transpose(b), transpose(c:totable())))
+    H.assert_close(D.matmul(tb:t(), c:t()), mm(transpose(b), transpose(c:totable())))
     -- x^T x
-    assert_close(ta:t():matmul(ta), mm(transpose(a), a))
-    assert_close(ta:matmul(ta:t()), mm(a, transpose(a)))
+    H.assert_close(ta:t():matmul(ta), mm(transpose(a), a))
+    H.assert_close(ta:matmul(ta:t()), mm(a, transpose(a)))
   end)
 
   it("accepts sliced, narrowed and other non-contiguous views", function()
@@ -141,30 +101,30 @@ describe("matmul", function()
       local rows, cols = #vt, #vt[1]
       local right = grid(cols, 5, vi)
       local left = grid(4, rows, vi + 10)
-      assert_close(D.matmul(v, D.tensor(right)), mm(vt, right), 1e-5)
-      assert_close(D.matmul(D.tensor(left), v), mm(left, vt), 1e-5)
-      assert_close(D.matmul(v, v:t()), mm(vt, transpose(vt)), 1e-5)
-      assert_close(D.matmul(v:t(), v), mm(transpose(vt), vt), 1e-5)
+      H.assert_close(D.matmul(v, D.tensor(right)), mm(vt, right), 1e-5)
+      H.assert_close(D.matmul(D.tensor(left), v), mm(left, vt), 1e-5)
+      H.assert_close(D.matmul(v, v:t()), mm(vt, transpose(vt)), 1e-5)
+      H.assert_close(D.matmul(v:t(), v), mm(transpose(vt), vt), 1e-5)
     end
   end)
 
   it("accepts expanded inputs and column/row matrices with odd strides", function()
     local e = D.tensor { { 1, 2, 3 } }:expand(4, 3)
-    assert_close(D.matmul(e, D.tensor(B)), mm(e:totable(), B))
+    H.assert_close(D.matmul(e, D.tensor(B)), mm(e:totable(), B))
     local col = D.tensor { { 2 }, { 3 } }:expand(2, 3)
-    assert_close(D.matmul(col, D.tensor(B)), mm(col:totable(), B))
+    H.assert_close(D.matmul(col, D.tensor(B)), mm(col:totable(), B))
     local row = D.tensor { { 1, -1, 2 } }
-    assert_close(D.matmul(row:t(), row), mm(transpose(row:totable()), row:totable()))
-    assert_close(D.matmul(row, row:t()), { { 6 } })
+    H.assert_close(D.matmul(row:t(), row), mm(transpose(row:totable()), row:totable()))
+    H.assert_close(D.matmul(row, row:t()), { { 6 } })
     local big = D.tensor(grid(5, 5, 9))
     local c = big:select(2, 3):view(5, 1) -- a 5x1 column, stride 5
-    assert_close(D.matmul(big, c), mm(big:totable(), c:totable()))
-    assert_close(D.matmul(c:t(), big), mm(transpose(c:totable()), big:totable()))
+    H.assert_close(D.matmul(big, c), mm(big:totable(), c:totable()))
+    H.assert_close(D.matmul(c:t(), big), mm(transpose(c:totable()), big:totable()))
   end)
 
   it("treats a 1-d left operand as a row vector", function()
     local r = D.matmul(D.tensor { 1, 2, 3 }, D.tensor(B))
-    assert_shape(r, { 2 })
+    H.assert_shape(r, { 2 })
     assert.are.same({ 58, 64 }, r:totable())
     assert.are.same({ 58, 64 }, D.tensor { 1, 2, 3 }:matmul(D.tensor(B):t():t()):totable())
     assert.are.same({ 7 + 18 + 33, 8 + 20 + 36 }, D.tensor { 1, 2, 3 }:matmul(D.tensor(B)):totable())
@@ -172,7 +132,7 @@ describe("matmul", function()
 
   it("treats a 1-d right operand as a column vector", function()
     local r = D.matmul(D.tensor(A), D.tensor { 1, 0, -1 })
-    assert_shape(r, { 2 })
+    H.assert_shape(r, { 2 })
     assert.are.same({ -2, -2 }, r:totable())
     assert.are.same({ 58, 139 }, D.matmul(D.tensor(A), D.tensor { 7, 9, 11 }):totable())
     -- a transposed matrix with a vector
@@ -182,7 +142,7 @@ describe("matmul", function()
   it("gives a 0-d tensor for vector . vector", function()
     local r = D.matmul(D.tensor { 1, 2, 3 }, D.tensor { 4, -5, 6 })
     assert.are.equal(0, r:dim())
-    assert_shape(r, {})
+    H.assert_shape(r, {})
     assert.are.equal(12, r:item())
     local strided = D.arange(1, 7):slice(1, 1, -1, 2) -- {1, 3, 5}
     assert.are.equal(1 * 4 - 3 * 5 + 5 * 6, D.matmul(strided, D.tensor { 4, -5, 6 }):item())
@@ -194,21 +154,21 @@ describe("matmul", function()
     local b1, b2 = grid(3, 4, 3), grid(3, 4, 4)
     local a, b = D.tensor { a1, a2 }, D.tensor { b1, b2 }
     local r = D.matmul(a, b)
-    assert_shape(r, { 2, 2, 4 })
-    assert_close(r, { mm(a1, b1), mm(a2, b2) })
+    H.assert_shape(r, { 2, 2, 4 })
+    H.assert_close(r, { mm(a1, b1), mm(a2, b2) })
     -- 3-d with 2-d on either side broadcasts the matrix over the batch
     local w = grid(3, 5, 7)
-    assert_close(D.matmul(a, D.tensor(w)), { mm(a1, w), mm(a2, w) })
+    H.assert_close(D.matmul(a, D.tensor(w)), { mm(a1, w), mm(a2, w) })
     local l = grid(5, 2, 8)
-    assert_close(D.matmul(D.tensor(l), a), { mm(l, a1), mm(l, a2) })
+    H.assert_close(D.matmul(D.tensor(l), a), { mm(l, a1), mm(l, a2) })
     -- batched transposed views
     local bt = D.tensor { transpose(b1), transpose(b2) }:transpose(2, 3)
     assert.is_false(bt:is_contiguous())
-    assert_close(D.matmul(a, bt), { mm(a1, b1), mm(a2, b2) })
+    H.assert_close(D.matmul(a, bt), { mm(a1, b1), mm(a2, b2) })
     -- batch dim not outermost in memory
     local perm = D.tensor { { a1[1], a2[1] }, { a1[2], a2[2] } }:permute(2, 1, 3) -- == a
     assert.is_false(perm:is_contiguous())
-    assert_close(D.matmul(perm, b), { mm(a1, b1), mm(a2, b2) })
+    H.assert_close(D.matmul(perm, b), { mm(a1, b1), mm(a2, b2) })
   end)
 
   it("batched with vectors", function()
@@ -216,7 +176,7 @@ describe("matmul", function()
     local a = D.tensor { a1, a2 }
     local v = { 1, -2, 0.5 }
     local r = D.matmul(a, D.tensor(v))
-    assert_shape(r, { 2, 2 })
+    H.assert_shape(r, { 2, 2 })
     local function mv(m)
       local out = {}
       for i = 1, #m do
@@ -225,11 +185,11 @@ describe("matmul", function()
       end
       return out
     end
-    assert_close(r, { mv(a1), mv(a2) })
+    H.assert_close(r, { mv(a1), mv(a2) })
     local u = D.tensor { 2, -1 }
     local r2 = D.matmul(u, a)
-    assert_shape(r2, { 2, 3 })
-    assert_close(r2, { mm({ { 2, -1 } }, a1)[1], mm({ { 2, -1 } }, a2)[1] })
+    H.assert_shape(r2, { 2, 3 })
+    H.assert_close(r2, { mm({ { 2, -1 } }, a1)[1], mm({ { 2, -1 } }, a2)[1] })
   end)
 
   it("broadcasts batch dims: {2,1,3,4} x {5,4,2} -> {2,5,3,2}", function()
@@ -237,61 +197,61 @@ describe("matmul", function()
     for i = 1, 2 do As[i] = { grid(3, 4, i) } end
     for j = 1, 5 do Bs[j] = grid(4, 2, 10 + j) end
     local a, b = D.tensor(As), D.tensor(Bs)
-    assert_shape(a, { 2, 1, 3, 4 })
-    assert_shape(b, { 5, 4, 2 })
+    H.assert_shape(a, { 2, 1, 3, 4 })
+    H.assert_shape(b, { 5, 4, 2 })
     local r = D.matmul(a, b)
-    assert_shape(r, { 2, 5, 3, 2 })
+    H.assert_shape(r, { 2, 5, 3, 2 })
     local expected = {}
     for i = 1, 2 do
       expected[i] = {}
       for j = 1, 5 do expected[i][j] = mm(As[i][1], Bs[j]) end
     end
-    assert_close(r, expected)
+    H.assert_close(r, expected)
     -- and the other way round: {5,4,2}^T-ish: {5,2,4} x {2,1,4,3} -> {2,5,2,3}
     local r2 = D.matmul(b:transpose(2, 3), a:transpose(3, 4))
-    assert_shape(r2, { 2, 5, 2, 3 })
+    H.assert_shape(r2, { 2, 5, 2, 3 })
     local e2 = {}
     for i = 1, 2 do
       e2[i] = {}
       for j = 1, 5 do e2[i][j] = mm(transpose(Bs[j]), transpose(As[i][1])) end
     end
-    assert_close(r2, e2)
+    H.assert_close(r2, e2)
   end)
 
   it("broadcasts an expanded batch dim", function()
     local m = grid(2, 3, 4)
     local a = D.tensor { m }:expand(3, 2, 3)
     local b = D.tensor { grid(3, 2, 1), grid(3, 2, 2), grid(3, 2, 3) }
-    assert_close(D.matmul(a, b), { mm(m, grid(3, 2, 1)), mm(m, grid(3, 2, 2)), mm(m, grid(3, 2, 3)) })
+    H.assert_close(D.matmul(a, b), { mm(m, grid(3, 2, 1)), mm(m, grid(3, 2, 2)), mm(m, grid(3, 2, 3)) })
   end)
 
   it("gives zeros when the inner dim k is 0", function()
     local r = D.matmul(D.zeros(2, 0), D.zeros(0, 3))
-    assert_shape(r, { 2, 3 })
+    H.assert_shape(r, { 2, 3 })
     assert.are.same({ { 0, 0, 0 }, { 0, 0, 0 } }, r:totable())
   end)
 
   it("gives zeros for a batched product with k = 0", function()
     local rb = D.matmul(D.ones(4, 2, 0), D.ones(0, 3))
-    assert_shape(rb, { 4, 2, 3 })
+    H.assert_shape(rb, { 4, 2, 3 })
     assert.are.equal(0, rb:abs():sum():item())
   end)
 
   it("gives zeros for vector-matrix products with k = 0", function()
     assert.are.equal(0, D.matmul(D.zeros(0), D.zeros(0)):item())
     local r = D.matmul(D.zeros(0), D.zeros(0, 5))
-    assert_shape(r, { 5 })
+    H.assert_shape(r, { 5 })
     assert.are.same({ 0, 0, 0, 0, 0 }, r:totable())
   end)
 
   it("gives empty results for empty outer or batch dims", function()
-    assert_shape(D.matmul(D.zeros(0, 3), D.ones(3, 2)), { 0, 2 })
-    assert_shape(D.matmul(D.zeros(0, 2, 3), D.ones(3, 4)), { 0, 2, 4 })
+    H.assert_shape(D.matmul(D.zeros(0, 3), D.ones(3, 2)), { 0, 2 })
+    H.assert_shape(D.matmul(D.zeros(0, 2, 3), D.ones(3, 4)), { 0, 2, 4 })
   end)
 
   it("gives an empty result when m is 0", function()
-    assert_shape(D.matmul(D.ones(2, 3), D.zeros(3, 0)), { 2, 0 })
-    assert_shape(D.matmul(D.ones(2, 3), D.zeros(3, 0):t():t()), { 2, 0 })
+    H.assert_shape(D.matmul(D.ones(2, 3), D.zeros(3, 0)), { 2, 0 })
+    H.assert_shape(D.matmul(D.ones(2, 3), D.zeros(3, 0):t():t()), { 2, 0 })
   end)
 
   it("propagates NaN and infinity", function()
@@ -353,7 +313,7 @@ describe("cat", function()
 
   it("joins along dim 1 (the default)", function()
     local r = D.cat({ a, D.tensor { { 7, 8, 9 } } }, 1)
-    assert_shape(r, { 3, 3 })
+    H.assert_shape(r, { 3, 3 })
     assert.are.same({ { 1, 2, 3 }, { 4, 5, 6 }, { 7, 8, 9 } }, r:totable())
     assert.are.same(r:totable(), D.cat({ a, D.tensor { { 7, 8, 9 } } }, -2):totable())
   end)
@@ -367,7 +327,7 @@ describe("cat", function()
   it("joins along dim 2 and -1", function()
     local b = D.tensor { { 10, 11 }, { 12, 13 } }
     local r = D.cat({ a, b }, 2)
-    assert_shape(r, { 2, 5 })
+    H.assert_shape(r, { 2, 5 })
     assert.are.same({ { 1, 2, 3, 10, 11 }, { 4, 5, 6, 12, 13 } }, r:totable())
     assert.are.same(r:totable(), D.cat({ a, b }, -1):totable())
     assert.are.same({ { 10, 11, 1, 2, 3 }, { 12, 13, 4, 5, 6 } }, D.cat({ b, a }, -1):totable())
@@ -377,7 +337,7 @@ describe("cat", function()
     local x = D.arange(12):view(2, 3, 2)
     local y = D.arange(100, 104):view(2, 1, 2)
     local r = D.cat({ x, y, x }, 2)
-    assert_shape(r, { 2, 7, 2 })
+    H.assert_shape(r, { 2, 7, 2 })
     assert.are.same({ 100, 101 }, r[1][4]:totable())
     assert.are.same({ 102, 103 }, r[2][4]:totable())
     assert.are.same(x[2]:totable(), r[2]:narrow(1, 5, 3):totable())
@@ -397,14 +357,14 @@ describe("cat", function()
   it("accepts zero-size pieces", function()
     local r = D.cat({ D.zeros(0, 3), a, D.zeros(0, 3) }, 1)
     assert.are.same(a:totable(), r:totable())
-    assert_shape(D.cat({ D.zeros(0, 3), D.zeros(0, 3) }, 1), { 0, 3 })
-    assert_shape(D.cat({ D.zeros(2, 0), a }, 2), { 2, 3 })
+    H.assert_shape(D.cat({ D.zeros(0, 3), D.zeros(0, 3) }, 1), { 0, 3 })
+    H.assert_shape(D.cat({ D.zeros(2, 0), a }, 2), { 2, 3 })
     assert.are.same(a:totable(), D.cat({ D.zeros(2, 0), a }, 2):totable())
   end)
 
   it("joins tensors that are all empty", function()
-    assert_shape(D.cat({ D.zeros(2, 0), D.zeros(2, 0) }, 2), { 2, 0 })
-    assert_shape(D.cat({ D.zeros(2, 0, 3), D.zeros(1, 0, 3) }, 1), { 3, 0, 3 })
+    H.assert_shape(D.cat({ D.zeros(2, 0), D.zeros(2, 0) }, 2), { 2, 0 })
+    H.assert_shape(D.cat({ D.zeros(2, 0, 3), D.zeros(1, 0, 3) }, 1), { 3, 0, 3 })
   end)
 
   it("fails on mismatched shapes", function()
@@ -434,49 +394,49 @@ describe("stack", function()
 
   it("adds a new dim 1", function()
     local r = D.stack({ a, b }, 1)
-    assert_shape(r, { 2, 2, 3 })
+    H.assert_shape(r, { 2, 2, 3 })
     assert.are.same({ a:totable(), b:totable() }, r:totable())
     assert.are.same(r:totable(), D.stack({ a, b }, -3):totable())
   end)
 
   it("adds a new dim 1 when no dim is given", function()
     local r = D.stack({ a, b })
-    assert_shape(r, { 2, 2, 3 })
+    H.assert_shape(r, { 2, 2, 3 })
     assert.are.same({ a:totable(), b:totable() }, r:totable())
   end)
 
   it("adds a new dim 2", function()
     local r = D.stack({ a, b }, 2)
-    assert_shape(r, { 2, 2, 3 })
+    H.assert_shape(r, { 2, 2, 3 })
     assert.are.same({ { { 1, 2, 3 }, { 7, 8, 9 } }, { { 4, 5, 6 }, { 10, 11, 12 } } }, r:totable())
   end)
 
   it("adds a new last dim with 3 or -1", function()
     local r = D.stack({ a, b }, 3)
-    assert_shape(r, { 2, 3, 2 })
+    H.assert_shape(r, { 2, 3, 2 })
     assert.are.same({ { { 1, 7 }, { 2, 8 }, { 3, 9 } }, { { 4, 10 }, { 5, 11 }, { 6, 12 } } }, r:totable())
     local r2 = D.stack({ a, b }, -1)
-    assert_shape(r2, { 2, 3, 2 })
+    H.assert_shape(r2, { 2, 3, 2 })
     assert.are.same(r:totable(), r2:totable())
-    assert_shape(D.stack({ a, b, a }, -1), { 2, 3, 3 })
+    H.assert_shape(D.stack({ a, b, a }, -1), { 2, 3, 3 })
   end)
 
   it("stacks 1-d and 0-d tensors", function()
     assert.are.same({ { 1, 2 }, { 3, 4 } }, D.stack({ D.tensor { 1, 2 }, D.tensor { 3, 4 } }, 1):totable())
     assert.are.same({ { 1, 3 }, { 2, 4 } }, D.stack({ D.tensor { 1, 2 }, D.tensor { 3, 4 } }, -1):totable())
     local s = D.stack({ D.tensor(1), D.tensor(2), D.tensor(3) }, 1)
-    assert_shape(s, { 3 })
+    H.assert_shape(s, { 3 })
     assert.are.same({ 1, 2, 3 }, s:totable())
   end)
 
   it("stacks empty tensors", function()
-    assert_shape(D.stack({ D.zeros(0, 3), D.zeros(0, 3) }, 1), { 2, 0, 3 })
-    assert_shape(D.stack({ D.zeros(2, 0), D.zeros(2, 0) }, 1), { 2, 2, 0 })
+    H.assert_shape(D.stack({ D.zeros(0, 3), D.zeros(0, 3) }, 1), { 2, 0, 3 })
+    H.assert_shape(D.stack({ D.zeros(2, 0), D.zeros(2, 0) }, 1), { 2, 2, 0 })
   end)
 
   it("copies from non-contiguous inputs", function()
     local r = D.stack({ a:t(), b:t() }, 2)
-    assert_shape(r, { 3, 2, 2 })
+    H.assert_shape(r, { 3, 2, 2 })
     assert.are.same({ { { 1, 4 }, { 7, 10 } }, { { 2, 5 }, { 8, 11 } }, { { 3, 6 }, { 9, 12 } } }, r:totable())
   end)
 

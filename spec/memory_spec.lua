@@ -2,19 +2,9 @@
 -- are freed, the binding keeps loops of big temporaries bounded, and views
 -- share storage.
 local D = require "diffusion"
+local H = require "helpers"
 
 local MB = 1024 * 1024
-
-local function full_gc()
-  collectgarbage()
-  collectgarbage()
-end
-
--- memory_allocated() after a full collection
-local function settled()
-  full_gc()
-  return D.memory_allocated()
-end
 
 describe("memory", function()
   it("memory_allocated is an integer byte count", function()
@@ -24,16 +14,16 @@ describe("memory", function()
   end)
 
   it("rises by the storage size when a tensor is created and falls when it is collected", function()
-    local m0 = settled()
+    local m0 = H.settled()
     local x = D.zeros(1000, 1000)
     assert.are.equal(m0 + 4000000, D.memory_allocated())
     local y = D.randn(10, 10)
     assert.are.equal(m0 + 4000400, D.memory_allocated())
     x = nil
-    full_gc()
+    H.full_gc()
     assert.are.equal(m0 + 400, D.memory_allocated())
     y = nil
-    full_gc()
+    H.full_gc()
     assert.are.equal(m0, D.memory_allocated())
   end)
 
@@ -51,17 +41,17 @@ describe("memory", function()
       function() return D.tensor { { 1, 2, 3, 4, 5 }, { 6, 7, 8, 9, 10 } }:expand(10, 2, 5):contiguous() end,
     }
     for i, make in ipairs(makers) do
-      local m0 = settled()
+      local m0 = H.settled()
       local x = make()
-      full_gc() -- intermediates go, x stays
+      H.full_gc() -- intermediates go, x stays
       assert(D.memory_allocated() == m0 + 400, ("maker %d: %d bytes"):format(i, D.memory_allocated() - m0))
       x = nil
-      assert.are.equal(m0, settled())
+      assert.are.equal(m0, H.settled())
     end
   end)
 
   it("closing a tensor frees its storage at once", function()
-    local m0 = settled()
+    local m0 = H.settled()
     do
       local x <close> = D.zeros(1000, 1000)
       assert.are.equal(m0 + 4000000, D.memory_allocated())
@@ -70,21 +60,21 @@ describe("memory", function()
   end)
 
   it("a view keeps the storage of a closed tensor until the view goes", function()
-    local m0 = settled()
+    local m0 = H.settled()
     local view
     do
       local x <close> = D.ones(1000, 1000)
       view = x:t()
     end
-    assert.are.equal(m0 + 4000000, settled())
+    assert.are.equal(m0 + 4000000, H.settled())
     assert.are.equal(1000000, view:sum():item())
     view = nil
-    assert.are.equal(m0, settled())
+    assert.are.equal(m0, H.settled())
   end)
 
   it("views do not allocate new storage", function()
     local x = D.randn(100, 200)
-    local m0 = settled()
+    local m0 = H.settled()
     local views = {
       x:t(),
       x:view(200, 100),
@@ -118,7 +108,7 @@ describe("memory", function()
 
   it("copies do allocate", function()
     local x = D.randn(100, 200)
-    local m0 = settled()
+    local m0 = H.settled()
     local c = x:t():contiguous()
     assert.are.equal(m0 + 80000, D.memory_allocated())
     local r = x:t():reshape(-1) -- not viewable: copies
@@ -133,7 +123,7 @@ describe("memory", function()
   it("in-place ops do not allocate", function()
     local x = D.randn(500, 500)
     local y = D.randn(500)
-    local m0 = settled()
+    local m0 = H.settled()
     x:add_(1):mul_(y):exp_():clamp_(0, 2):fill_(3):zero_():normal_():uniform_()
     x:copy_(y)
     x:t():add_(2)
@@ -161,7 +151,7 @@ describe("memory", function()
       assert.is_true(steps * 8 * MB > BOUND)
       local base = D.ones(N)
       local p, q = D.ones(2048, 8), D.ones(8, 1024) -- their product is 8 MB
-      full_gc()
+      H.full_gc()
       local peak = 0
       for i = 1, steps do
         local t = make(base, i, p, q)
@@ -181,11 +171,11 @@ describe("memory", function()
     -- The cache is off in sanitizer builds (they must see every free); then
     -- it must hold nothing.
     local function cache_enabled()
-      full_gc()
+      H.full_gc()
       D.empty_cache()
       local x = D.zeros(N)
       x = nil
-      full_gc()
+      H.full_gc()
       local on = D.cached_bytes() > 0
       D.empty_cache()
       return on
@@ -193,13 +183,13 @@ describe("memory", function()
 
     it("keeps a large freed buffer and empty_cache gives it back", function()
       local on = cache_enabled()
-      local m0 = settled()
+      local m0 = H.settled()
       D.empty_cache()
       assert.are.equal(0, D.cached_bytes())
       local x = D.zeros(N)
       assert.are.equal(m0 + 8 * MB, D.memory_allocated())
       x = nil
-      full_gc()
+      H.full_gc()
       assert.are.equal(m0, D.memory_allocated()) -- not live any more
       local expected = on and 8 * MB or 0
       assert.are.equal(expected, D.cached_bytes())
@@ -209,11 +199,11 @@ describe("memory", function()
     end)
 
     it("does not keep small buffers", function()
-      full_gc()
+      H.full_gc()
       D.empty_cache()
       local x = D.zeros(1000)
       x = nil
-      full_gc()
+      H.full_gc()
       assert.are.equal(0, D.cached_bytes())
     end)
 
@@ -221,23 +211,23 @@ describe("memory", function()
       local on = cache_enabled()
       local x = D.full({ N }, 3)
       x = nil
-      full_gc()
+      H.full_gc()
       assert.are.equal(on and 8 * MB or 0, D.cached_bytes())
       local z = D.zeros(N)
       assert.are.equal(0, D.cached_bytes()) -- it was reused
       assert.are.equal(0, z:abs():max():item())
       z:fill_(5)
       z = nil
-      full_gc()
+      H.full_gc()
       local o = D.ones(N)
       assert.are.equal(1, o:min():item())
       assert.are.equal(1, o:max():item())
       o = nil
-      full_gc()
+      H.full_gc()
       local l = D.zeros(2048, 1024) -- same bytes, another shape
       assert.are.equal(0, l:abs():max():item())
       l = nil
-      full_gc()
+      H.full_gc()
       local near = D.zeros(N - 1000) -- a little smaller: may reuse the buffer
       assert.are.equal(0, near:abs():max():item())
       D.empty_cache()
@@ -249,7 +239,7 @@ describe("memory", function()
       -- the smallest cached size (256 KiB), more buffers than the cache's 512 entries
       for i = 1, 600 do xs[i] = D.zeros(64 * 1024) end
       xs = nil
-      full_gc()
+      H.full_gc()
       local cached = D.cached_bytes()
       assert.are.equal(on, cached > 0)
       assert.is_true(cached <= 512 * 256 * 1024, "cached " .. cached)
@@ -259,16 +249,16 @@ describe("memory", function()
   end)
 
   it("a loop of temporaries ends with its garbage collectable", function()
-    local m0 = settled()
+    local m0 = H.settled()
     for _ = 1, 50 do
       local _ = D.zeros(N) + 1
     end
-    assert.are.equal(m0, settled())
+    assert.are.equal(m0, H.settled())
   end)
 
   it("failed allocations and failed ops leave nothing behind", function()
     local a, b = D.zeros(2, 3), D.zeros(4, 5)
-    local m0 = settled()
+    local m0 = H.settled()
     pcall(D.zeros, { 1e12 })
     pcall(D.ones, 1e11)
     pcall(D.randn, { 1e12 })
@@ -279,6 +269,6 @@ describe("memory", function()
     pcall(D.cat, { a, b }, 1)
     pcall(D.tensor, { { 1, 2 }, { 3 } })
     pcall(function() return D.zeros(1000):normal_(0, -1) end)
-    assert.are.equal(m0, settled())
+    assert.are.equal(m0, H.settled())
   end)
 end)

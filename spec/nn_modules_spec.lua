@@ -2,14 +2,7 @@
 -- layer against the functional op it wraps.
 local D = require "diffusion"
 local nn = D.nn
-
-local function expect_error(fn, needle)
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "expected an error containing: " .. needle)
-  assert.is_truthy(tostring(err):find(needle, 1, true), "error message was: " .. tostring(err))
-end
-
-local function max_diff(a, b) return (a - b):abs():max():item() end
+local H = require "helpers"
 
 describe("Module bookkeeping", function()
   local function net()
@@ -53,40 +46,40 @@ describe("Module bookkeeping", function()
     assert.is_false(m.training)
     assert.is_false(m["2"].training)
     local x = D.randn(8, 4)
-    assert.are.equal(0, max_diff(m(x), m["1"](x)))
+    assert.are.equal(0, H.max_diff(m(x), m["1"](x)))
     m:train()
     assert.is_true(m["2"].training)
-    assert.is_true(max_diff(m(x), m["1"](x)) > 0)
+    assert.is_true(H.max_diff(m(x), m["1"](x)) > 0)
   end)
 
   it("round-trips a state_dict into a fresh model", function()
     D.manual_seed(1)
     local a, b = net(), net()
     local x = D.randn(2, 1, 5, 5)
-    assert.is_true(max_diff(a(x), b(x)) > 0)
+    assert.is_true(H.max_diff(a(x), b(x)) > 0)
     b:load_state_dict(a:state_dict())
-    assert.are.equal(0, max_diff(a(x), b(x)))
+    assert.are.equal(0, H.max_diff(a(x), b(x)))
     -- a copy, not shared storage
     D.no_grad(function() a["5"].bias:add_(1) end)
-    assert.is_true(max_diff(a(x), b(x)) > 0)
+    assert.is_true(H.max_diff(a(x), b(x)) > 0)
   end)
 
   it("strict load_state_dict lists every problem and copies nothing", function()
     local m = nn.Linear(3, 2)
     local before = m.weight:clone()
     local sd = { weight = D.zeros(2, 4), extra = D.zeros(1) }
-    expect_error(function() m:load_state_dict(sd) end,
+    H.expect_error(function() m:load_state_dict(sd) end,
       "load_state_dict: weight has shape {2,4}, the model expects {2,3}; missing bias; unexpected extra")
-    assert.are.equal(0, max_diff(before, m.weight))
-    expect_error(function() m:load_state_dict({ weight = "x", bias = D.zeros(2) }) end, "weight is a string, not a tensor")
-    expect_error(function() m:load_state_dict(5) end, "expected a table of tensors")
+    assert.are.equal(0, H.max_diff(before, m.weight))
+    H.expect_error(function() m:load_state_dict({ weight = "x", bias = D.zeros(2) }) end, "weight is a string, not a tensor")
+    H.expect_error(function() m:load_state_dict(5) end, "expected a table of tensors")
   end)
 
   it("non-strict load_state_dict skips missing and unexpected names but not bad shapes", function()
     local m = nn.Linear(3, 2)
     m:load_state_dict({ bias = D.full({ 2 }, 7), other = D.zeros(1) }, false)
     assert.are.same({ 7, 7 }, m.bias:totable())
-    expect_error(function() m:load_state_dict({ bias = D.zeros(3) }, false) end, "bias has shape {3}")
+    H.expect_error(function() m:load_state_dict({ bias = D.zeros(3) }, false) end, "bias has shape {3}")
   end)
 
   it("prints a summary with parameter counts", function()
@@ -124,11 +117,11 @@ describe("initialisation", function()
   end)
 
   it("rejects bad configurations", function()
-    expect_error(function() nn.Conv2d(3, 4, 3, { groups = 2 }) end, "not divisible by groups 2")
-    expect_error(function() nn.GroupNorm(3, 4) end, "4 channels are not divisible by 3 groups")
-    expect_error(function() nn.Dropout(1) end, "p must be in [0, 1)")
-    expect_error(function() nn.MultiheadAttention(6, 4) end, "dim 6 is not divisible by 4 heads")
-    expect_error(function() nn.Linear(0, 2) end, "in_features must be a positive integer")
+    H.expect_error(function() nn.Conv2d(3, 4, 3, { groups = 2 }) end, "not divisible by groups 2")
+    H.expect_error(function() nn.GroupNorm(3, 4) end, "4 channels are not divisible by 3 groups")
+    H.expect_error(function() nn.Dropout(1) end, "p must be in [0, 1)")
+    H.expect_error(function() nn.MultiheadAttention(6, 4) end, "dim 6 is not divisible by 4 heads")
+    H.expect_error(function() nn.Linear(0, 2) end, "in_features must be a positive integer")
   end)
 end)
 
@@ -137,17 +130,17 @@ describe("layers match their ops", function()
     D.manual_seed(3)
     local x = D.randn(2, 4, 6, 6)
     local conv = nn.Conv2d(4, 6, 3, { stride = 2, padding = 1 })
-    assert.are.equal(0, max_diff(conv(x), D.conv2d(x, conv.weight, conv.bias, { stride = 2, padding = 1 })))
+    assert.are.equal(0, H.max_diff(conv(x), D.conv2d(x, conv.weight, conv.bias, { stride = 2, padding = 1 })))
     local gn = nn.GroupNorm(2, 4)
-    assert.are.equal(0, max_diff(gn(x), D.group_norm(x, 2, gn.weight, gn.bias)))
+    assert.are.equal(0, H.max_diff(gn(x), D.group_norm(x, 2, gn.weight, gn.bias)))
     local ln = nn.LayerNorm({ 6, 6 })
-    assert.are.equal(0, max_diff(ln(x), D.layer_norm(x, { 6, 6 }, ln.weight, ln.bias)))
+    assert.are.equal(0, H.max_diff(ln(x), D.layer_norm(x, { 6, 6 }, ln.weight, ln.bias)))
     local lin = nn.Linear(6, 5)
-    assert.is_true(max_diff(lin(x), x:matmul(lin.weight:t()) + lin.bias) < 1e-5)
+    assert.is_true(H.max_diff(lin(x), x:matmul(lin.weight:t()) + lin.bias) < 1e-5)
     assert.are.same({ 2, 4, 3, 3 }, nn.AvgPool2d(2)(x):shape())
     assert.are.same({ 2, 4, 12, 12 }, nn.Upsample(2)(x):shape())
-    assert.are.equal(0, max_diff(nn.SiLU()(x), x:silu()))
-    assert.are.equal(0, max_diff(nn.ReLU()(x), x:relu()))
+    assert.are.equal(0, H.max_diff(nn.SiLU()(x), x:silu()))
+    assert.are.equal(0, H.max_diff(nn.ReLU()(x), x:relu()))
     assert.are.same({ 2, 144 }, nn.Flatten()(x):shape())
   end)
 
@@ -173,7 +166,7 @@ describe("layers match their ops", function()
       heads[h] = w:matmul(cols(v))
     end
     local want = mha.out(D.cat(heads, 3))
-    assert.is_true(max_diff(y, want) < 1e-5)
+    assert.is_true(H.max_diff(y, want) < 1e-5)
     -- self-attention by default
     local self_mha = nn.MultiheadAttention(8, 2)
     assert.are.same({ 2, 5, 8 }, self_mha(x):shape())

@@ -4,31 +4,17 @@
 -- on random inputs, finite-difference gradient checks over several shapes
 -- (with a tolerance per op), and its error messages.
 local D = require "diffusion"
+local H = require "helpers"
 
 local INF = math.huge
 
 --- helpers ----------------------------------------------------------------
 
--- Flat row-major values of a tensor.
-local function flat(t)
-  local v = t:contiguous():view(-1)
-  local out = {}
-  for i = 1, v:numel() do out[i] = v[i] end
-  return out
-end
-
-local function nested_flat(t, out)
-  out = out or {}
-  if type(t) ~= "table" then out[#out + 1] = t; return out end
-  for i = 1, #t do nested_flat(t[i], out) end
-  return out
-end
-
 -- |a - e| <= tol * max(1, |e|) elementwise; expected is a tensor or a (nested) table.
 local function assert_close(actual, expected, tol)
   tol = tol or 1e-5
-  local a = flat(actual)
-  local e = type(expected) == "table" and nested_flat(expected) or flat(expected)
+  local a = H.values(actual)
+  local e = type(expected) == "table" and H.flatten(expected) or H.values(expected)
   assert.are.equal(#e, #a, "element count")
   for i = 1, #e do
     local ok = math.abs(a[i] - e[i]) <= tol * math.max(1, math.abs(e[i]))
@@ -45,24 +31,14 @@ local function gradcheck(fn, inputs, opts)
   assert.is_true(ok, report)
 end
 
--- pcall(fn, ...) must fail with every one of the given plain substrings.
-local function assert_error(fragments, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  err = tostring(err)
-  for _, f in ipairs(fragments) do
-    assert.is_truthy(string.find(err, f, 1, true), string.format("%q not in error %q", f, err))
-  end
-end
-
 local function has_nan(t)
-  for _, v in ipairs(flat(t)) do if v ~= v then return true end end
+  for _, v in ipairs(H.values(t)) do if v ~= v then return true end end
   return false
 end
 
 -- Lua reference: out[r][o] = sum_i x[r][i] w[o][i] + b[o]; x as (rows, in).
 local function ref_linear(x, w, b)
-  local xs, ws, bs = flat(x), flat(w), b and flat(b)
+  local xs, ws, bs = H.values(x), H.values(w), b and H.values(b)
   local nin, nout = w:size(2), w:size(1)
   local rows = #xs // math.max(nin, 1)
   if nin == 0 then rows = x:numel() == 0 and 1 or rows end
@@ -102,7 +78,7 @@ local function ref_softmax(x, dim, log)
   local outer, n, inner = 1, shape[dim], 1
   for d = 1, dim - 1 do outer = outer * shape[d] end
   for d = dim + 1, #shape do inner = inner * shape[d] end
-  local xs, out = flat(x), {}
+  local xs, out = H.values(x), {}
   for o = 0, outer - 1 do
     for i = 0, inner - 1 do
       local function at(k) return o * n * inner + k * inner + i + 1 end
@@ -120,7 +96,7 @@ end
 
 -- Lua reference attention over flat (batches, n, d) data; mask_at(b, i, j) -> bool.
 local function ref_attention(q, k, v, mask_at, scale)
-  local qs, ks, vs = flat(q), flat(k), flat(v)
+  local qs, ks, vs = H.values(q), H.values(k), H.values(v)
   local nd = q:dim()
   local nq, nk, d, dv = q:size(nd - 1), k:size(nd - 1), q:size(nd), v:size(nd)
   local batches = q:numel() // (nq * d)
@@ -208,13 +184,13 @@ describe("linear", function()
   end)
 
   it("fails on bad shapes, naming them", function()
-    assert_error({ "linear: weight must be 2-d (out, in), got {3}" }, D.linear, D.zeros(2, 3), D.zeros(3))
-    assert_error({ "linear: input {2,3} has 3 features, weight {4,5} expects 5" }, D.linear, D.zeros(2, 3), D.zeros(4, 5))
-    assert_error({ "linear: bias must have shape {4} for weight {4,3}, got {3}" }, D.linear, D.zeros(2, 3), D.zeros(4, 3),
+    H.assert_error_with({ "linear: weight must be 2-d (out, in), got {3}" }, D.linear, D.zeros(2, 3), D.zeros(3))
+    H.assert_error_with({ "linear: input {2,3} has 3 features, weight {4,5} expects 5" }, D.linear, D.zeros(2, 3), D.zeros(4, 5))
+    H.assert_error_with({ "linear: bias must have shape {4} for weight {4,3}, got {3}" }, D.linear, D.zeros(2, 3), D.zeros(4, 3),
       D.zeros(3))
-    assert_error({ "linear: bias must have shape {4}", "got {1,4}" }, D.linear, D.zeros(2, 3), D.zeros(4, 3), D.zeros(1, 4))
-    assert_error({ "linear: input must have at least 1 dim, got a 0-d tensor" }, D.linear, D.tensor(1), D.zeros(4, 1))
-    assert_error({ "bad argument #2" }, D.linear, D.zeros(2, 3), 5)
+    H.assert_error_with({ "linear: bias must have shape {4}", "got {1,4}" }, D.linear, D.zeros(2, 3), D.zeros(4, 3), D.zeros(1, 4))
+    H.assert_error_with({ "linear: input must have at least 1 dim, got a 0-d tensor" }, D.linear, D.tensor(1), D.zeros(4, 1))
+    H.assert_error_with({ "bad argument #2" }, D.linear, D.zeros(2, 3), 5)
   end)
 end)
 
@@ -253,7 +229,7 @@ describe("group_norm", function()
       local cg = c // groups
       local len = cg * span
       local aff = function(r, j) return (r % groups) * cg + (j - 1) // span + 1 end
-      local expected = ref_norm(flat(x), shape[1] * groups, len, aff, flat(w), flat(b), 1e-5)
+      local expected = ref_norm(H.values(x), shape[1] * groups, len, aff, H.values(w), H.values(b), 1e-5)
       assert_close(D.group_norm(x, groups, w, b), expected, 1e-4)
     end
   end)
@@ -282,14 +258,14 @@ describe("group_norm", function()
   end)
 
   it("fails on bad shapes, groups and eps, naming them", function()
-    assert_error({ "group_norm: expected an input (N, C, ...), got {6}" }, D.group_norm, D.zeros(6), 2)
-    assert_error({ "group_norm: 6 channels of input {2,6,3} do not divide into 4 groups" }, D.group_norm, D.zeros(2, 6, 3), 4)
-    assert_error({ "group_norm: groups must be >= 1, got 0" }, D.group_norm, D.zeros(2, 6, 3), 0)
-    assert_error({ "group_norm: weight must have shape {6} (the channels of input {2,6,3}), got {3}" },
+    H.assert_error_with({ "group_norm: expected an input (N, C, ...), got {6}" }, D.group_norm, D.zeros(6), 2)
+    H.assert_error_with({ "group_norm: 6 channels of input {2,6,3} do not divide into 4 groups" }, D.group_norm, D.zeros(2, 6, 3), 4)
+    H.assert_error_with({ "group_norm: groups must be >= 1, got 0" }, D.group_norm, D.zeros(2, 6, 3), 0)
+    H.assert_error_with({ "group_norm: weight must have shape {6} (the channels of input {2,6,3}), got {3}" },
       D.group_norm, D.zeros(2, 6, 3), 2, D.zeros(3))
-    assert_error({ "group_norm: bias must have shape {6}", "got {6,1}" }, D.group_norm, D.zeros(2, 6, 3), 2, D.zeros(6), D.zeros(6, 1))
-    assert_error({ "group_norm: eps must be finite and >= 0, got -1" }, D.group_norm, D.zeros(2, 6, 3), 2, nil, nil, -1)
-    assert_error({ "bad argument #2" }, D.group_norm, D.zeros(2, 6, 3), "two")
+    H.assert_error_with({ "group_norm: bias must have shape {6}", "got {6,1}" }, D.group_norm, D.zeros(2, 6, 3), 2, D.zeros(6), D.zeros(6, 1))
+    H.assert_error_with({ "group_norm: eps must be finite and >= 0, got -1" }, D.group_norm, D.zeros(2, 6, 3), 2, nil, nil, -1)
+    H.assert_error_with({ "bad argument #2" }, D.group_norm, D.zeros(2, 6, 3), "two")
   end)
 end)
 
@@ -314,7 +290,7 @@ describe("layer_norm", function()
       local w, b = randn(ns, 2), randn(ns, 3)
       local len = 1
       for _, n in ipairs(ns) do len = len * n end
-      local expected = ref_norm(flat(x), x:numel() // len, len, function(_, j) return j end, flat(w), flat(b), 1e-5)
+      local expected = ref_norm(H.values(x), x:numel() // len, len, function(_, j) return j end, H.values(w), H.values(b), 1e-5)
       local y = D.layer_norm(x, ns, w, b)
       assert.are.same(shape, y:shape())
       assert_close(y, expected, 1e-4)
@@ -338,14 +314,14 @@ describe("layer_norm", function()
   end)
 
   it("fails on a normalized_shape, weight or eps that doesn't fit", function()
-    assert_error({ "layer_norm: normalized_shape {3} does not match the last dims of input {2,4}" }, D.layer_norm, D.zeros(2, 4), { 3 })
-    assert_error({ "layer_norm: normalized_shape {1,2,4} does not match the last dims of input {2,4}" }, D.layer_norm, D.zeros(2, 4), { 1, 2, 4 })
-    assert_error({ "layer_norm: normalized_shape {} does not match" }, D.layer_norm, D.zeros(2, 4), {})
-    assert_error({ "layer_norm: weight of shape {2,4} does not match the normalised shape {4} of input {2,4}" },
+    H.assert_error_with({ "layer_norm: normalized_shape {3} does not match the last dims of input {2,4}" }, D.layer_norm, D.zeros(2, 4), { 3 })
+    H.assert_error_with({ "layer_norm: normalized_shape {1,2,4} does not match the last dims of input {2,4}" }, D.layer_norm, D.zeros(2, 4), { 1, 2, 4 })
+    H.assert_error_with({ "layer_norm: normalized_shape {} does not match" }, D.layer_norm, D.zeros(2, 4), {})
+    H.assert_error_with({ "layer_norm: weight of shape {2,4} does not match the normalised shape {4} of input {2,4}" },
       D.layer_norm, D.zeros(2, 4), { 4 }, D.zeros(2, 4))
-    assert_error({ "layer_norm: bias of shape {3} does not match the normalised shape {4}" }, D.layer_norm, D.zeros(2, 4), { 4 }, nil, D.zeros(3))
-    assert_error({ "layer_norm: eps must be finite and >= 0, got -0.5" }, D.layer_norm, D.zeros(2, 4), { 4 }, nil, nil, -0.5)
-    assert_error({ "bad argument #2" }, D.layer_norm, D.zeros(2, 4), "4")
+    H.assert_error_with({ "layer_norm: bias of shape {3} does not match the normalised shape {4}" }, D.layer_norm, D.zeros(2, 4), { 4 }, nil, D.zeros(3))
+    H.assert_error_with({ "layer_norm: eps must be finite and >= 0, got -0.5" }, D.layer_norm, D.zeros(2, 4), { 4 }, nil, nil, -0.5)
+    H.assert_error_with({ "bad argument #2" }, D.layer_norm, D.zeros(2, 4), "4")
   end)
 end)
 
@@ -375,7 +351,7 @@ describe("softmax and log_softmax", function()
     for dim = 1, 3 do
       assert_close(D.softmax(x, dim), ref_softmax(x, dim, false), 1e-5)
       assert_close(D.log_softmax(x, dim), ref_softmax(x, dim, true), 1e-5)
-      for _, total in ipairs(flat(D.softmax(x, dim):sum(dim))) do assert.is_true(math.abs(total - 1) < 1e-6) end
+      for _, total in ipairs(H.values(D.softmax(x, dim):sum(dim))) do assert.is_true(math.abs(total - 1) < 1e-6) end
     end
     assert_close(D.softmax(x, -1), D.softmax(x, 3), 0)
     local xt = x:transpose(1, 3) -- non-contiguous (4, 3, 2)
@@ -400,10 +376,10 @@ describe("softmax and log_softmax", function()
   end)
 
   it("fail on a dim out of range", function()
-    assert_error({ "softmax", "dim 3 out of range for a 2-d tensor" }, D.softmax, D.zeros(2, 2), 3)
-    assert_error({ "log_softmax", "dim -3 out of range for a 2-d tensor" }, D.log_softmax, D.zeros(2, 2), -3)
-    assert_error({ "softmax", "dim 1 out of range for a 0-d tensor" }, D.softmax, D.tensor(1), 1)
-    assert_error({ "bad argument #2" }, D.softmax, D.zeros(2))
+    H.assert_error_with({ "softmax", "dim 3 out of range for a 2-d tensor" }, D.softmax, D.zeros(2, 2), 3)
+    H.assert_error_with({ "log_softmax", "dim -3 out of range for a 2-d tensor" }, D.log_softmax, D.zeros(2, 2), -3)
+    H.assert_error_with({ "softmax", "dim 1 out of range for a 0-d tensor" }, D.softmax, D.tensor(1), 1)
+    H.assert_error_with({ "bad argument #2" }, D.softmax, D.zeros(2))
   end)
 end)
 
@@ -445,7 +421,7 @@ describe("scaled_dot_product_attention", function()
     local y = sdpa(q, k, v, mask)
     assert.is_false(has_nan(y))
     assert_close(y[1][1][2], { 0, 0 }, 0)
-    assert_close(y, ref_attention(q, k, v, function(_, i, j) return flat(mask)[i * 4 + j + 1] ~= 0 end), 1e-5)
+    assert_close(y, ref_attention(q, k, v, function(_, i, j) return H.values(mask)[i * 4 + j + 1] ~= 0 end), 1e-5)
     -- and its gradients are finite, zero where nothing was attended
     local qq, kk, vv = q:clone():requires_grad_(true), k:clone():requires_grad_(true), v:clone():requires_grad_(true)
     sdpa(qq, kk, vv, D.zeros(2, 4)):sum():backward()
@@ -460,11 +436,11 @@ describe("scaled_dot_product_attention", function()
     assert_close(sdpa(q, k, v, nil, 0.3), ref_attention(q, k, v, nil, 0.3), 1e-5)
     -- (1, 1, Nq, Nk) random keep-mask
     local m = D.rand({ 1, 1, 4, 6 }, gen(7)):ge(0.4)
-    local ms = flat(m)
+    local ms = H.values(m)
     assert_close(sdpa(q, k, v, m), ref_attention(q, k, v, function(_, i, j) return ms[i * 6 + j + 1] ~= 0 end), 1e-5)
     -- (B, 1, 1, Nk) padding mask: batch 1 sees keys 1..4, batch 2 keys 1..2
     local pad = D.tensor { { 1, 1, 1, 1, 0, 0 }, { 1, 1, 0, 0, 0, 0 } }:view(2, 1, 1, 6)
-    local ps = flat(pad)
+    local ps = H.values(pad)
     assert_close(sdpa(q, k, v, pad), ref_attention(q, k, v, function(b, _, j) return ps[(b // 3) * 6 + j + 1] ~= 0 end), 1e-5)
     -- 0-d mask
     assert_close(sdpa(q, k, v, D.tensor(1)), sdpa(q, k, v), 0)
@@ -509,21 +485,21 @@ describe("scaled_dot_product_attention", function()
 
   it("fails on shapes that don't fit, naming them", function()
     local N = "scaled_dot_product_attention: "
-    assert_error({ N .. "q, k and v must have the same number of dims", "{2,3,4}, {1,2,3,4} and {1,2,3,4}" },
+    H.assert_error_with({ N .. "q, k and v must have the same number of dims", "{2,3,4}, {1,2,3,4} and {1,2,3,4}" },
       sdpa, D.zeros(2, 3, 4), D.zeros(1, 2, 3, 4), D.zeros(1, 2, 3, 4))
-    assert_error({ N .. "q, k and v must have the same number of dims" }, sdpa, D.zeros(4), D.zeros(4), D.zeros(4))
-    assert_error({ N .. "the batch dims of q {1,2,3,4}, k {1,3,3,4} and v {1,3,3,4} differ" },
+    H.assert_error_with({ N .. "q, k and v must have the same number of dims" }, sdpa, D.zeros(4), D.zeros(4), D.zeros(4))
+    H.assert_error_with({ N .. "the batch dims of q {1,2,3,4}, k {1,3,3,4} and v {1,3,3,4} differ" },
       sdpa, D.zeros(1, 2, 3, 4), D.zeros(1, 3, 3, 4), D.zeros(1, 3, 3, 4))
-    assert_error({ N .. "q {1,2,3,4} and k {1,2,3,5} have different feature sizes (4 and 5)" },
+    H.assert_error_with({ N .. "q {1,2,3,4} and k {1,2,3,5} have different feature sizes (4 and 5)" },
       sdpa, D.zeros(1, 2, 3, 4), D.zeros(1, 2, 3, 5), D.zeros(1, 2, 3, 4))
-    assert_error({ N .. "k {1,2,3,4} and v {1,2,6,4} have different numbers of keys (3 and 6)" },
+    H.assert_error_with({ N .. "k {1,2,3,4} and v {1,2,6,4} have different numbers of keys (3 and 6)" },
       sdpa, D.zeros(1, 2, 3, 4), D.zeros(1, 2, 3, 4), D.zeros(1, 2, 6, 4))
-    assert_error({ N .. "mask {2,3} does not broadcast to the attention shape {1,2,5,3}" },
+    H.assert_error_with({ N .. "mask {2,3} does not broadcast to the attention shape {1,2,5,3}" },
       sdpa, D.zeros(1, 2, 5, 4), D.zeros(1, 2, 3, 4), D.zeros(1, 2, 3, 4), D.zeros(2, 3))
-    assert_error({ N .. "mask {1,1,1,5,3} does not broadcast" },
+    H.assert_error_with({ N .. "mask {1,1,1,5,3} does not broadcast" },
       sdpa, D.zeros(1, 2, 5, 4), D.zeros(1, 2, 3, 4), D.zeros(1, 2, 3, 4), D.ones(1, 1, 1, 5, 3))
-    assert_error({ N .. "scale must be finite, got inf" }, sdpa, D.zeros(1, 1, 2, 2), D.zeros(1, 1, 2, 2), D.zeros(1, 1, 2, 2), nil, INF)
-    assert_error({ "bad argument #4" }, sdpa, D.zeros(1, 1, 2, 2), D.zeros(1, 1, 2, 2), D.zeros(1, 1, 2, 2), 3)
+    H.assert_error_with({ N .. "scale must be finite, got inf" }, sdpa, D.zeros(1, 1, 2, 2), D.zeros(1, 1, 2, 2), D.zeros(1, 1, 2, 2), nil, INF)
+    H.assert_error_with({ "bad argument #4" }, sdpa, D.zeros(1, 1, 2, 2), D.zeros(1, 1, 2, 2), D.zeros(1, 1, 2, 2), 3)
   end)
 end)
 
@@ -582,10 +558,10 @@ describe("dropout", function()
   end)
 
   it("fails on p outside [0, 1)", function()
-    assert_error({ "dropout: p must be in [0, 1), got 1" }, D.dropout, D.ones(3), 1)
-    assert_error({ "dropout: p must be in [0, 1), got -0.1" }, D.dropout, D.ones(3), -0.1)
-    assert_error({ "dropout: p must be in [0, 1), got 1.5" }, D.dropout, D.ones(3), 1.5, false)
-    assert_error({ "bad argument #4" }, D.dropout, D.ones(3), 0.5, true, 3)
+    H.assert_error_with({ "dropout: p must be in [0, 1), got 1" }, D.dropout, D.ones(3), 1)
+    H.assert_error_with({ "dropout: p must be in [0, 1), got -0.1" }, D.dropout, D.ones(3), -0.1)
+    H.assert_error_with({ "dropout: p must be in [0, 1), got 1.5" }, D.dropout, D.ones(3), 1.5, false)
+    H.assert_error_with({ "bad argument #4" }, D.dropout, D.ones(3), 0.5, true, 3)
   end)
 end)
 
@@ -616,14 +592,14 @@ describe("embedding", function()
   end)
 
   it("fails on indices out of range or not integers, naming the bad value", function()
-    assert_error({ "embedding: index 0 (element 2) is not a row of the weight {3,2}: expected an integer in 1..3" },
+    H.assert_error_with({ "embedding: index 0 (element 2) is not a row of the weight {3,2}: expected an integer in 1..3" },
       D.embedding, D.tensor { 1, 0 }, weight)
-    assert_error({ "embedding: index 4 (element 1)", "1..3" }, D.embedding, D.tensor { 4 }, weight)
-    assert_error({ "embedding: index -2 (element 3)" }, D.embedding, D.tensor { 1, 2, -2 }, weight)
-    assert_error({ "embedding: index 1.5 (element 1)" }, D.embedding, D.tensor { 1.5 }, weight)
-    assert_error({ "embedding: index ", "nan (element 1)" }, D.embedding, D.tensor { 0 / 0 }, weight)
-    assert_error({ "embedding: weight must be 2-d (num, dim), got {3}" }, D.embedding, D.tensor { 1 }, D.zeros(3))
-    assert_error({ "bad argument #2" }, D.embedding, D.tensor { 1 }, 3)
+    H.assert_error_with({ "embedding: index 4 (element 1)", "1..3" }, D.embedding, D.tensor { 4 }, weight)
+    H.assert_error_with({ "embedding: index -2 (element 3)" }, D.embedding, D.tensor { 1, 2, -2 }, weight)
+    H.assert_error_with({ "embedding: index 1.5 (element 1)" }, D.embedding, D.tensor { 1.5 }, weight)
+    H.assert_error_with({ "embedding: index ", "nan (element 1)" }, D.embedding, D.tensor { 0 / 0 }, weight)
+    H.assert_error_with({ "embedding: weight must be 2-d (num, dim), got {3}" }, D.embedding, D.tensor { 1 }, D.zeros(3))
+    H.assert_error_with({ "bad argument #2" }, D.embedding, D.tensor { 1 }, 3)
   end)
 end)
 
@@ -647,7 +623,7 @@ describe("timestep_embedding", function()
     local y = D.timestep_embedding(D.arange(0, 1000), dim)
     assert.are.same({ 1000, dim }, y:shape())
     assert.is_true(y:max():item() <= 1 and y:min():item() >= -1)
-    local ys, seen = flat(y), {}
+    local ys, seen = H.values(y), {}
     for r = 0, 999 do
       local parts = {}
       for c = 1, dim do parts[c] = string.format("%.6f", ys[r * dim + c]) end
@@ -663,10 +639,10 @@ describe("timestep_embedding", function()
   end)
 
   it("fails on bad shapes, dims and periods", function()
-    assert_error({ "timestep_embedding: expected timesteps of shape (N), got {2,1}" }, D.timestep_embedding, D.zeros(2, 1), 4)
-    assert_error({ "timestep_embedding: dim must be >= 1, got 0" }, D.timestep_embedding, D.zeros(2), 0)
-    assert_error({ "timestep_embedding: max_period must be finite and > 0, got 0" }, D.timestep_embedding, D.zeros(2), 4, 0)
-    assert_error({ "bad argument #2" }, D.timestep_embedding, D.zeros(2))
+    H.assert_error_with({ "timestep_embedding: expected timesteps of shape (N), got {2,1}" }, D.timestep_embedding, D.zeros(2, 1), 4)
+    H.assert_error_with({ "timestep_embedding: dim must be >= 1, got 0" }, D.timestep_embedding, D.zeros(2), 0)
+    H.assert_error_with({ "timestep_embedding: max_period must be finite and > 0, got 0" }, D.timestep_embedding, D.zeros(2), 4, 0)
+    H.assert_error_with({ "bad argument #2" }, D.timestep_embedding, D.zeros(2))
   end)
 end)
 

@@ -5,50 +5,12 @@
 local D = require "diffusion"
 local core = require "diffusion.core"
 local optim = require "diffusion.optim"
+local H = require "helpers"
 
 --- helpers ----------------------------------------------------------------
 
-local function tolist(v)
-  if type(v) == "userdata" then
-    if v:dim() == 0 then return v:item() end
-    return v:totable()
-  end
-  return v
-end
-
-local function compare(a, e, tol, path)
-  if type(e) == "table" then
-    if type(a) ~= "table" or #a ~= #e then return false, path .. ": shape differs" end
-    for i = 1, #e do
-      local ok, msg = compare(a[i], e[i], tol, path .. "[" .. i .. "]")
-      if not ok then return false, msg end
-    end
-    return true
-  end
-  if type(a) ~= "number" or a ~= a or math.abs(a - e) > tol * math.max(1, math.abs(e)) then
-    return false, string.format("%s: expected %.9g, got %s", path, e, tostring(a))
-  end
-  return true
-end
-
-local function assert_close(actual, expected, tol)
-  local ok, msg = compare(tolist(actual), tolist(expected), tol or 1e-6, "value")
-  assert.is_true(ok, msg)
-end
-
-local function assert_identical(a, b)
-  assert.are.same(a:shape(), b:shape())
-  assert.are.equal(0, a:ne(b):sum():item())
-end
-
-local function assert_error_with(needle, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  err = tostring(err)
-  assert(err:find(needle, 1, true), ("expected %q in the error message, got %q"):format(needle, err))
-end
-
-local function param(values) return D.tensor(values):requires_grad_() end
+-- H.assert_close with this file's default tolerance, 1e-6
+local function assert_close(actual, expected, tol) H.assert_close(actual, expected, tol or 1e-6) end
 
 -- Runs opt for each gradient in grads (p.grad set by hand) and returns p's values after each step.
 local function run(opt, p, grads)
@@ -83,16 +45,16 @@ describe("update kernels", function()
   end)
 
   it("lerp_ bumps the version, so a graph that saved the tensor refuses a stale backward", function()
-    local x, a = param { 1, 2 }, D.tensor { 3, 4 }
+    local x, a = H.leaf { 1, 2 }, D.tensor { 3, 4 }
     local y = (x * a):sum()
     a:lerp_(D.zeros(2), 0.5)
-    assert_error_with("modified in place", function() y:backward() end)
+    H.assert_error_with("modified in place", function() y:backward() end)
   end)
 
   it("lerp_ errors on a shape mismatch or a tensor requiring grad", function()
-    assert_error_with("lerp_: the tensors have shapes {2} and {3} (shapes must match exactly)", D.lerp_, D.zeros(2),
+    H.assert_error_with("lerp_: the tensors have shapes {2} and {3} (shapes must match exactly)", D.lerp_, D.zeros(2),
       D.zeros(3), 0.5)
-    assert_error_with("lerp_: in-place operation on a tensor that requires grad", D.lerp_, param { 1 }, D.zeros(1), 0.5)
+    H.assert_error_with("lerp_: in-place operation on a tensor that requires grad", D.lerp_, H.leaf { 1 }, D.zeros(1), 0.5)
   end)
 
   it("_sgd_step and _adam_step agree on strided, contiguous and large tensors", function()
@@ -106,7 +68,7 @@ describe("update kernels", function()
         core._sgd_step(pc, g0, bc, 0.1, 0.9, 0.1, 0.01, false, step == 1)
         core._sgd_step(pt, g0, bt, 0.1, 0.9, 0.1, 0.01, false, step == 1)
       end
-      assert_identical(pc, pt)
+      H.assert_identical(pc, pt)
       -- against the formula: buf1 = d1, buf2 = 0.9 buf1 + 0.9 d2
       local d1 = g0 + p0 * 0.01
       local p1 = p0 - d1 * 0.1
@@ -115,36 +77,36 @@ describe("update kernels", function()
       local mc, vc, mt, vt = D.zeros(shape), D.zeros(shape), D.zeros(shape[2], shape[1]):t(), D.zeros(shape)
       core._adam_step(pc, g0, mc, vc, 1, 0.01, 0.9, 0.999, 1e-8, 0.1, true)
       core._adam_step(pt, g0, mt, vt, 1, 0.01, 0.9, 0.999, 1e-8, 0.1, true)
-      assert_identical(pc, pt)
-      assert_identical(mc, mt)
+      H.assert_identical(pc, pt)
+      H.assert_identical(mc, mt)
     end
   end)
 
   it("kernels check shapes, hyperparameters and grad mode", function()
     local p, g = D.zeros(2, 3), D.zeros(2, 3)
-    assert_error_with("sgd: the gradient has shape {3,2} but the parameter has shape {2,3}", core._sgd_step, p,
+    H.assert_error_with("sgd: the gradient has shape {3,2} but the parameter has shape {2,3}", core._sgd_step, p,
       D.zeros(3, 2), nil, 0.1, 0, 0, 0, false, true)
-    assert_error_with("sgd: the momentum buffer has shape {6} but the parameter has shape {2,3}", core._sgd_step, p, g,
+    H.assert_error_with("sgd: the momentum buffer has shape {6} but the parameter has shape {2,3}", core._sgd_step, p, g,
       D.zeros(6), 0.1, 0.9, 0, 0, false, true)
-    assert_error_with("sgd: momentum 0.9 needs a momentum buffer", core._sgd_step, p, g, nil, 0.1, 0.9, 0, 0, false,
+    H.assert_error_with("sgd: momentum 0.9 needs a momentum buffer", core._sgd_step, p, g, nil, 0.1, 0.9, 0, 0, false,
       true)
-    assert_error_with("sgd: lr must be >= 0, got -1", core._sgd_step, p, g, nil, -1, 0, 0, 0, false, true)
-    assert_error_with("sgd: nesterov needs momentum > 0 and dampening = 0", core._sgd_step, p, g, nil, 0.1, 0, 0, 0,
+    H.assert_error_with("sgd: lr must be >= 0, got -1", core._sgd_step, p, g, nil, -1, 0, 0, 0, false, true)
+    H.assert_error_with("sgd: nesterov needs momentum > 0 and dampening = 0", core._sgd_step, p, g, nil, 0.1, 0, 0, 0,
       true, true)
-    assert_error_with("sgd: in-place operation on a tensor that requires grad", core._sgd_step, param { 1 },
+    H.assert_error_with("sgd: in-place operation on a tensor that requires grad", core._sgd_step, H.leaf { 1 },
       D.zeros(1), nil, 0.1, 0, 0, 0, false, true)
-    assert_error_with("adam: exp_avg_sq has shape {3} but the parameter has shape {2,3}", core._adam_step, p, g,
+    H.assert_error_with("adam: exp_avg_sq has shape {3} but the parameter has shape {2,3}", core._adam_step, p, g,
       D.zeros(2, 3), D.zeros(3), 1, 0.1, 0.9, 0.999, 1e-8, 0, false)
-    assert_error_with("adam: step counts from 1, got 0", core._adam_step, p, g, D.zeros(2, 3), D.zeros(2, 3), 0, 0.1,
+    H.assert_error_with("adam: step counts from 1, got 0", core._adam_step, p, g, D.zeros(2, 3), D.zeros(2, 3), 0, 0.1,
       0.9, 0.999, 1e-8, 0, false)
-    assert_error_with("adamw: beta2 must be in [0, 1), got 1", core._adam_step, p, g, D.zeros(2, 3), D.zeros(2, 3), 1,
+    H.assert_error_with("adamw: beta2 must be in [0, 1), got 1", core._adam_step, p, g, D.zeros(2, 3), D.zeros(2, 3), 1,
       0.1, 0.9, 1, 1e-8, 0, true)
-    assert_error_with("sgd: the parameter and the gradient share memory", core._sgd_step, p, p:view(-1):view(2, 3),
+    H.assert_error_with("sgd: the parameter and the gradient share memory", core._sgd_step, p, p:view(-1):view(2, 3),
       nil, 0.1, 0, 0, 0, false, true)
     local m = D.zeros(2, 3)
-    assert_error_with("adam: exp_avg and exp_avg_sq share memory", core._adam_step, p, g, m, m, 1, 0.1, 0.9, 0.999,
+    H.assert_error_with("adam: exp_avg and exp_avg_sq share memory", core._adam_step, p, g, m, m, 1, 0.1, 0.9, 0.999,
       1e-8, 0, false)
-    assert_error_with("adam: in-place operation on a tensor that requires grad", core._adam_step, param { 1 },
+    H.assert_error_with("adam: in-place operation on a tensor that requires grad", core._adam_step, H.leaf { 1 },
       D.zeros(1), D.zeros(1), D.zeros(1), 1, 0.1, 0.9, 0.999, 1e-8, 0, false)
   end)
 end)
@@ -153,25 +115,25 @@ end)
 
 describe("optim.SGD", function()
   it("plain: p = p - lr g", function()
-    local p = param { 1, 2 }
+    local p = H.leaf { 1, 2 }
     local got = run(optim.SGD({ p }, { lr = 0.1 }), p, { { 1, -1 }, { 0.5, 2 } })
     assert_close(got, { { 0.9, 2.1 }, { 0.85, 1.9 } })
   end)
 
   it("momentum 0.9: buf = g, then 0.9 buf + g", function()
-    local p = param { 1 }
+    local p = H.leaf { 1 }
     local got = run(optim.SGD({ p }, { lr = 0.1, momentum = 0.9 }), p, { { 1 }, { 1 }, { 1 } })
     assert_close(got, { { 0.9 }, { 0.71 }, { 0.439 } })
   end)
 
   it("nesterov: p = p - lr (g + momentum buf)", function()
-    local p = param { 1 }
+    local p = H.leaf { 1 }
     local got = run(optim.SGD({ p }, { lr = 0.1, momentum = 0.9, nesterov = true }), p, { { 1 }, { 1 }, { 1 } })
     assert_close(got, { { 0.81 }, { 0.539 }, { 0.1951 } })
   end)
 
   it("weight decay and dampening (the first step is not dampened)", function()
-    local p = param { 2 }
+    local p = H.leaf { 2 }
     local got = run(optim.SGD({ p }, { lr = 0.1, momentum = 0.9, dampening = 0.5, weight_decay = 0.1 }), p,
       { { 1 }, { 1 } })
     -- d1 = 1 + 0.2 = 1.2 = buf1; d2 = 1 + 0.188; buf2 = 0.9 * 1.2 + 0.5 * 1.188
@@ -179,7 +141,7 @@ describe("optim.SGD", function()
   end)
 
   it("skips parameters without a gradient; zero_grad drops gradients; lr can be changed", function()
-    local a, b = param { 1 }, param { 1 }
+    local a, b = H.leaf { 1 }, H.leaf { 1 }
     local opt = optim.SGD({ a, b }, { lr = 0.5 })
     a.grad = D.tensor { 1 }
     opt:step()
@@ -196,7 +158,7 @@ describe("optim.SGD", function()
   end)
 
   it("updates outside the graph, and restores grad mode even when a step fails", function()
-    local p = param { 1, 2 }
+    local p = H.leaf { 1, 2 }
     local opt = optim.SGD({ p }, { lr = 0.1 })
     p.grad = D.tensor { 1, 1 }
     opt:step()
@@ -205,27 +167,27 @@ describe("optim.SGD", function()
     assert.is_nil(p.grad_fn)
     assert.is_true(D.is_grad_enabled())
     opt.lr = -1
-    assert_error_with("sgd: lr must be >= 0, got -1", function() opt:step() end)
+    H.assert_error_with("sgd: lr must be >= 0, got -1", function() opt:step() end)
     assert.is_true(D.is_grad_enabled())
   end)
 
   it("bumps the parameter's version: a graph that saved it refuses a stale backward", function()
-    local p = param { 1, 2 }
+    local p = H.leaf { 1, 2 }
     local y = (p * p):sum()
     p.grad = D.tensor { 1, 1 }
     optim.SGD({ p }, { lr = 0.1 }):step()
-    assert_error_with("modified in place", function() y:backward() end)
+    H.assert_error_with("modified in place", function() y:backward() end)
   end)
 
   it("checks its arguments", function()
-    assert_error_with("SGD: lr is required", optim.SGD, { param { 1 } }, {})
-    assert_error_with("SGD: momentum must be >= 0, got -0.5", optim.SGD, { param { 1 } }, { lr = 1, momentum = -0.5 })
-    assert_error_with("SGD: nesterov needs momentum > 0 and dampening = 0", optim.SGD, { param { 1 } },
+    H.assert_error_with("SGD: lr is required", optim.SGD, { H.leaf { 1 } }, {})
+    H.assert_error_with("SGD: momentum must be >= 0, got -0.5", optim.SGD, { H.leaf { 1 } }, { lr = 1, momentum = -0.5 })
+    H.assert_error_with("SGD: nesterov needs momentum > 0 and dampening = 0", optim.SGD, { H.leaf { 1 } },
       { lr = 1, nesterov = true })
-    assert_error_with("SGD: params[2] does not require grad", optim.SGD, { param { 1 }, D.zeros(1) }, { lr = 1 })
-    assert_error_with("SGD: params[1] is computed by 'mul', not a leaf", optim.SGD, { param { 1 } * 2 }, { lr = 1 })
-    assert_error_with("SGD: params[1] is a number, not a tensor", optim.SGD, { 3 }, { lr = 1 })
-    assert_error_with("SGD: params is empty", optim.SGD, {}, { lr = 1 })
+    H.assert_error_with("SGD: params[2] does not require grad", optim.SGD, { H.leaf { 1 }, D.zeros(1) }, { lr = 1 })
+    H.assert_error_with("SGD: params[1] is computed by 'mul', not a leaf", optim.SGD, { H.leaf { 1 } * 2 }, { lr = 1 })
+    H.assert_error_with("SGD: params[1] is a number, not a tensor", optim.SGD, { 3 }, { lr = 1 })
+    H.assert_error_with("SGD: params is empty", optim.SGD, {}, { lr = 1 })
   end)
 end)
 
@@ -233,20 +195,20 @@ end)
 
 describe("optim.Adam and AdamW", function()
   it("Adam with bias correction, varying gradients", function()
-    local p = param { 1, -0.5 }
+    local p = H.leaf { 1, -0.5 }
     local got = run(optim.Adam({ p }, { lr = 0.1 }), p, { { 1, 0.3 }, { -2, 0.3 }, { 0.5, -1 } })
     assert_close(got, { { 0.900000001, -0.5999999966666668 }, { 0.9366103534720749, -0.6999999933333328 },
       { 0.9502794196738216, -0.6713574367941043 } }, 1e-6)
   end)
 
   it("Adam with other betas and eps", function()
-    local p = param { 1 }
+    local p = H.leaf { 1 }
     local got = run(optim.Adam({ p }, { lr = 0.01, betas = { 0.5, 0.9 }, eps = 1e-3 }), p, { { 1 }, { -2 }, { 0.5 } })
     assert_close(got, { { 0.99000999000999 }, { 0.9962331133627899 }, { 0.9973216989606006 } }, 1e-6)
   end)
 
   it("AdamW decays the weights directly and differs from Adam's L2 decay", function()
-    local pa, pw = param { 1 }, param { 1 }
+    local pa, pw = H.leaf { 1 }, H.leaf { 1 }
     local adam = run(optim.Adam({ pa }, { lr = 0.1, weight_decay = 0.1 }), pa, { { 0.5 }, { 0.5 }, { 0.5 } })
     local adamw = run(optim.AdamW({ pw }, { lr = 0.1, weight_decay = 0.1 }), pw, { { 0.5 }, { 0.5 }, { 0.5 } })
     assert_close(adam, { { 0.9000000016666666 }, { 0.8000473404883315 }, { 0.7001745748141189 } }, 1e-6)
@@ -254,14 +216,14 @@ describe("optim.Adam and AdamW", function()
   end)
 
   it("AdamW defaults to weight_decay 1e-2, Adam to 0", function()
-    local p = param { 1 }
+    local p = H.leaf { 1 }
     assert.are.equal(0.01, optim.AdamW({ p }).weight_decay)
     assert.are.equal(0, optim.Adam({ p }).weight_decay)
     assert.are.equal(1e-3, optim.Adam({ p }).lr)
   end)
 
   it("keeps a step count per parameter (a skipped parameter doesn't advance)", function()
-    local a, b = param { 1 }, param { 1 }
+    local a, b = H.leaf { 1 }, H.leaf { 1 }
     local opt = optim.Adam({ a, b }, { lr = 0.1 })
     a.grad = D.tensor { 1 }
     opt:step()
@@ -273,9 +235,9 @@ describe("optim.Adam and AdamW", function()
   end)
 
   it("checks its arguments", function()
-    assert_error_with("Adam: beta1 must be in [0, 1), got 1", optim.Adam, { param { 1 } }, { betas = { 1, 0.9 } })
-    assert_error_with("AdamW: eps must be >= 0, got -1", optim.AdamW, { param { 1 } }, { eps = -1 })
-    assert_error_with("Adam: lr must be a number, got x", optim.Adam, { param { 1 } }, { lr = "x" })
+    H.assert_error_with("Adam: beta1 must be in [0, 1), got 1", optim.Adam, { H.leaf { 1 } }, { betas = { 1, 0.9 } })
+    H.assert_error_with("AdamW: eps must be >= 0, got -1", optim.AdamW, { H.leaf { 1 } }, { eps = -1 })
+    H.assert_error_with("Adam: lr must be a number, got x", optim.Adam, { H.leaf { 1 } }, { lr = "x" })
   end)
 end)
 
@@ -350,31 +312,31 @@ describe("training", function()
       assert.are.equal(0.05, fresh.lr)
       assert.are.equal(3, fresh.step_count)
       train(fresh, { w2, b2 }, 4)
-      assert_identical(w:detach(), w2:detach())
-      assert_identical(b:detach(), b2:detach())
+      H.assert_identical(w:detach(), w2:detach())
+      H.assert_identical(b:detach(), b2:detach())
     end)
   end
 
   it("load_state_dict lists every mismatch", function()
-    local p, q = param { { 1, 2 } }, param { 1 }
+    local p, q = H.leaf { { 1, 2 } }, H.leaf { 1 }
     local opt = optim.Adam({ p, q })
     p.grad, q.grad = D.tensor { { 1, 1 } }, D.tensor { 1 }
     opt:step()
     local sd = opt:state_dict()
-    local other = optim.Adam({ param { 1, 2 }, param { 1, 2 } })
-    assert_error_with("Adam:load_state_dict: parameter 1: exp_avg has shape {1,2}, the parameter {2}", function()
+    local other = optim.Adam({ H.leaf { 1, 2 }, H.leaf { 1, 2 } })
+    H.assert_error_with("Adam:load_state_dict: parameter 1: exp_avg has shape {1,2}, the parameter {2}", function()
       other:load_state_dict(sd)
     end)
     local ok, err = pcall(other.load_state_dict, other, sd)
     assert.is_false(ok)
     assert.truthy(err:find("parameter 2: exp_avg_sq has shape {1}, the parameter {2}", 1, true))
-    assert_error_with("Adam:load_state_dict: the state has 2 parameters, the optimizer has 1", function()
-      optim.Adam({ param { 1 } }):load_state_dict(sd)
+    H.assert_error_with("Adam:load_state_dict: the state has 2 parameters, the optimizer has 1", function()
+      optim.Adam({ H.leaf { 1 } }):load_state_dict(sd)
     end)
-    assert_error_with("SGD:load_state_dict: the state is for Adam, not SGD", function()
+    H.assert_error_with("SGD:load_state_dict: the state is for Adam, not SGD", function()
       optim.SGD({ p, q }, { lr = 1 }):load_state_dict(sd)
     end)
-    assert_error_with("Adam:load_state_dict: expected a table made by state_dict", function()
+    H.assert_error_with("Adam:load_state_dict: expected a table made by state_dict", function()
       opt:load_state_dict(42)
     end)
   end)
@@ -384,7 +346,7 @@ end)
 
 describe("optim.clip_grad_norm", function()
   it("returns the total norm and leaves gradients below max_norm alone", function()
-    local a, b, c = param { 3, 4 }, param { 12 }, param { 7 }
+    local a, b, c = H.leaf { 3, 4 }, H.leaf { 12 }, H.leaf { 7 }
     a.grad, b.grad = D.tensor { 3, 4 }, D.tensor { 12 }
     assert_close(optim.clip_grad_norm({ a, b, c }, 26), 13) -- c has no grad: skipped
     assert_close(a.grad, { 3, 4 })
@@ -393,7 +355,7 @@ describe("optim.clip_grad_norm", function()
   end)
 
   it("scales every gradient by max_norm / norm above it", function()
-    local a, b = param { 0, 0 }, param { 0 }
+    local a, b = H.leaf { 0, 0 }, H.leaf { 0 }
     a.grad, b.grad = D.tensor { 3, 4 }, D.tensor { 12 }
     assert_close(optim.clip_grad_norm({ a, b }, 6.5), 13)
     assert_close(a.grad, { 1.5, 2 })
@@ -402,21 +364,21 @@ describe("optim.clip_grad_norm", function()
   end)
 
   it("handles gradients whose squares overflow float", function()
-    local a = param { 0, 0 }
+    local a = H.leaf { 0, 0 }
     a.grad = D.tensor { 3e20, 4e20 }
     assert_close(optim.clip_grad_norm({ a }, 1), 5e20, 1e-5)
     assert_close(a.grad, { 0.6, 0.8 }, 1e-5)
   end)
 
   it("raises naming the parameter whose gradient holds NaN or Inf", function()
-    local a, b = param { 0 }, param { 0, 0 }
+    local a, b = H.leaf { 0 }, H.leaf { 0, 0 }
     a.grad, b.grad = D.tensor { 1 }, D.tensor { 1, 0 / 0 }
-    assert_error_with("clip_grad_norm: the gradient of parameter 2 contains NaN or Inf", optim.clip_grad_norm,
+    H.assert_error_with("clip_grad_norm: the gradient of parameter 2 contains NaN or Inf", optim.clip_grad_norm,
       { a, b }, 1)
     b.grad = D.tensor { math.huge, 1 }
-    assert_error_with("clip_grad_norm: the gradient of parameter 2 contains NaN or Inf", optim.clip_grad_norm,
+    H.assert_error_with("clip_grad_norm: the gradient of parameter 2 contains NaN or Inf", optim.clip_grad_norm,
       { a, b }, 1)
-    assert_error_with("clip_grad_norm: max_norm must be a positive number, got 0", optim.clip_grad_norm, { a }, 0)
+    H.assert_error_with("clip_grad_norm: max_norm must be a positive number, got 0", optim.clip_grad_norm, { a }, 0)
     assert.is_true(D.is_grad_enabled())
   end)
 end)
@@ -449,11 +411,11 @@ describe("optim.schedule", function()
   end)
 
   it("checks its arguments", function()
-    assert_error_with("schedule.cosine: warmup (10) must be less than total (10)", optim.schedule.cosine,
+    H.assert_error_with("schedule.cosine: warmup (10) must be less than total (10)", optim.schedule.cosine,
       { 1, 10, warmup = 10 })
-    assert_error_with("schedule.cosine: min_lr (2) is above lr (1)", optim.schedule.cosine, { 1, 10, min_lr = 2 })
-    assert_error_with("schedule.warmup: warmup_steps must be a number >= 1, got 0", optim.schedule.warmup, 1, 0)
-    assert_error_with("schedule.constant: lr must be a number >= 0", optim.schedule.constant, "x")
+    H.assert_error_with("schedule.cosine: min_lr (2) is above lr (1)", optim.schedule.cosine, { 1, 10, min_lr = 2 })
+    H.assert_error_with("schedule.warmup: warmup_steps must be a number >= 1, got 0", optim.schedule.warmup, 1, 0)
+    H.assert_error_with("schedule.constant: lr must be a number >= 0", optim.schedule.constant, "x")
   end)
 end)
 
@@ -475,7 +437,7 @@ end
 
 describe("optim.EMA", function()
   it("with warm-up: d = min(decay, (1 + t) / (10 + t))", function()
-    local w = param { 0, 10 }
+    local w = H.leaf { 0, 10 }
     local ema = optim.EMA(model_of { { "w", w } }, 0.9)
     local expected = { { 0.9, 10 }, { 1.8, 10 }, { 2.7, 10 } } -- d = 0.1, 2/11, 0.25
     for i = 1, 3 do
@@ -488,7 +450,7 @@ describe("optim.EMA", function()
   end)
 
   it("without warm-up: d = decay", function()
-    local w = param { 0 }
+    local w = H.leaf { 0 }
     local ema = optim.EMA(model_of { { "w", w } }, 0.5, { warmup = false })
     local expected = { 0.5, 1.25, 2.125 }
     for i = 1, 3 do
@@ -504,14 +466,14 @@ describe("optim.EMA", function()
   end)
 
   it("shadows are copies without grad", function()
-    local w = param { 1, 2 }
+    local w = H.leaf { 1, 2 }
     local ema = optim.EMA(model_of { { "w", w } }, 0.9)
     assert.is_false(ema.shadow[1].requires_grad)
     assert.is_false(ema.shadow[1]:same_storage(w))
   end)
 
   it("copy_to writes the shadow; swap exchanges, and twice is the identity", function()
-    local w, b = param { 1, 2 }, param { 3 }
+    local w, b = H.leaf { 1, 2 }, H.leaf { 3 }
     local model = model_of { { "w", w }, { "b", b } }
     local ema = optim.EMA(model, 0.5, { warmup = false })
     set(w, { 5, 6 })
@@ -535,7 +497,7 @@ describe("optim.EMA", function()
   end)
 
   it("state_dict round trip", function()
-    local w = param { 1, 2 }
+    local w = H.leaf { 1, 2 }
     local model = model_of { { "w", w } }
     local ema = optim.EMA(model, 0.9)
     set(w, { 3, 4 })
@@ -546,29 +508,29 @@ describe("optim.EMA", function()
     assert.are.equal(0.9, other.decay)
     assert.is_true(other.warmup)
     assert.are.equal(1, other.num_updates)
-    assert_identical(other.shadow[1], ema.shadow[1])
+    H.assert_identical(other.shadow[1], ema.shadow[1])
     ema:update()
     other:update()
-    assert_identical(other.shadow[1], ema.shadow[1])
+    H.assert_identical(other.shadow[1], ema.shadow[1])
     assert.is_false(sd.shadow.w:same_storage(ema.shadow[1])) -- cloned
   end)
 
   it("load_state_dict and update report mismatches", function()
-    local w, b = param { 1, 2 }, param { 3 }
+    local w, b = H.leaf { 1, 2 }, H.leaf { 3 }
     local ema = optim.EMA(model_of { { "w", w }, { "b", b } }, 0.9)
-    assert_error_with("EMA:load_state_dict: 'w' has shape {3}, expected {2}; missing 'b'; unexpected 'c'", function()
+    H.assert_error_with("EMA:load_state_dict: 'w' has shape {3}, expected {2}; missing 'b'; unexpected 'c'", function()
       ema:load_state_dict { shadow = { w = D.zeros(3), c = D.zeros(1) } }
     end)
-    assert_error_with("EMA:update: the model has 1 parameters, the EMA 2", function()
+    H.assert_error_with("EMA:update: the model has 1 parameters, the EMA 2", function()
       ema:update(model_of { { "w", w } })
     end)
-    assert_error_with("EMA:swap: parameter 2 is 'x' in the model, 'b' in the EMA", function()
+    H.assert_error_with("EMA:swap: parameter 2 is 'x' in the model, 'b' in the EMA", function()
       ema:swap(model_of { { "w", w }, { "x", b } })
     end)
-    assert_error_with("EMA:copy_to: 'b' has shape {2} in the model, {1} in the EMA", function()
+    H.assert_error_with("EMA:copy_to: 'b' has shape {2} in the model, {1} in the EMA", function()
       ema:copy_to(model_of { { "w", w }, { "b", w } })
     end)
-    assert_error_with("EMA: decay must be a number in [0, 1], got 2", optim.EMA, model_of { { "w", w } }, 2)
-    assert_error_with("EMA: the model must have a named_parameters() method", optim.EMA, {}, 0.9)
+    H.assert_error_with("EMA: decay must be a number in [0, 1], got 2", optim.EMA, model_of { { "w", w } }, 2)
+    H.assert_error_with("EMA: the model must have a named_parameters() method", optim.EMA, {}, 0.9)
   end)
 end)

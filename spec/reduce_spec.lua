@@ -2,61 +2,13 @@
 -- dim or several, keepdim, correction, empty and NaN inputs, non-contiguous
 -- inputs and the blocked, thread-count-independent large path.
 local D = require "diffusion"
+local H = require "helpers"
 
 local NAN, INF = 0 / 0, math.huge
 
 --- helpers ----------------------------------------------------------------
 
-local function tolist(v)
-  if type(v) == "userdata" then
-    if v:dim() == 0 then return v:item() end
-    return v:totable()
-  end
-  return v
-end
-
-local function close(a, e, tol)
-  if type(a) ~= "number" then return false end
-  if e ~= e then return a ~= a end
-  if a ~= a then return false end
-  if e == INF or e == -INF then return a == e end
-  return math.abs(a - e) <= tol * math.max(1, math.abs(e))
-end
-
-local function compare(a, e, tol, path)
-  if type(e) == "table" then
-    if type(a) ~= "table" then return false, path .. ": expected a table, got " .. tostring(a) end
-    if #a ~= #e then return false, string.format("%s: expected %d elements, got %d", path, #e, #a) end
-    for i = 1, #e do
-      local ok, msg = compare(a[i], e[i], tol, path .. "[" .. i .. "]")
-      if not ok then return false, msg end
-    end
-    return true
-  end
-  if not close(a, e, tol) then
-    return false, string.format("%s: expected %.9g, got %s", path, e, tostring(a))
-  end
-  return true
-end
-
-local function assert_close(actual, expected, tol)
-  local ok, msg = compare(tolist(actual), tolist(expected), tol or 1e-5, "value")
-  assert.is_true(ok, msg)
-end
-
-local function assert_shape(t, shape)
-  assert.are.same(shape, t:shape())
-end
-
 local function is_nan(v) return v ~= v end
-
--- Row-major flat values of a nested table, and its shape.
-local function flatten(t, out)
-  out = out or {}
-  if type(t) ~= "table" then out[#out + 1] = t; return out end
-  for i = 1, #t do flatten(t[i], out) end
-  return out
-end
 
 local function shape_of(t)
   local s = {}
@@ -105,7 +57,7 @@ end
 -- 1-based positions for max/min.
 local function ref_reduce(t, op, dims, keepdim, correction)
   correction = correction or 1
-  local shape, flat = shape_of(t), flatten(t)
+  local shape, flat = shape_of(t), H.flatten(t)
   local nd = #shape
   local reduced = {}
   if dims == nil then
@@ -162,7 +114,7 @@ describe("full reductions", function()
     for _, name in ipairs { "sum", "mean", "var", "std", "max", "min", "argmax", "argmin" } do
       local r = x[name](x)
       assert.are.equal(0, r:dim(), name)
-      assert_shape(r, {})
+      H.assert_shape(r, {})
       assert.are.equal(1, r:numel())
     end
   end)
@@ -170,8 +122,8 @@ describe("full reductions", function()
   it("give hand-computed values", function()
     assert.are.equal(21, x:sum():item())
     assert.are.equal(3.5, x:mean():item())
-    assert_close(x:var():item(), 3.5) -- 17.5 / 5
-    assert_close(x:std():item(), math.sqrt(3.5))
+    H.assert_close(x:var():item(), 3.5) -- 17.5 / 5
+    H.assert_close(x:std():item(), math.sqrt(3.5))
     assert.are.equal(6, x:max():item())
     assert.are.equal(1, x:min():item())
     assert.are.equal(6, x:argmax():item())
@@ -182,13 +134,13 @@ describe("full reductions", function()
   end)
 
   it("var and std use the unbiased estimate unless correction is given", function()
-    assert_close(x:var(nil, false, 0):item(), 17.5 / 6)
-    assert_close(x:std(nil, false, 0):item(), math.sqrt(17.5 / 6))
-    assert_close(x:var(nil, false, 1):item(), 3.5)
-    assert_close(x:var(nil, false, 2):item(), 17.5 / 4)
+    H.assert_close(x:var(nil, false, 0):item(), 17.5 / 6)
+    H.assert_close(x:std(nil, false, 0):item(), math.sqrt(17.5 / 6))
+    H.assert_close(x:var(nil, false, 1):item(), 3.5)
+    H.assert_close(x:var(nil, false, 2):item(), 17.5 / 4)
     local y = D.tensor { 2, 4, 4, 4, 5, 5, 7, 9 }
-    assert_close(y:std(nil, false, 0):item(), 2)
-    assert_close(y:var():item(), 32 / 7)
+    H.assert_close(y:std(nil, false, 0):item(), 2)
+    H.assert_close(y:var():item(), 32 / 7)
   end)
 
   it("var of a single element is NaN unbiased, 0 with correction 0", function()
@@ -200,11 +152,11 @@ describe("full reductions", function()
 
   it("keepdim keeps every dim as size 1", function()
     local r = x:sum(nil, true)
-    assert_shape(r, { 1, 1 })
+    H.assert_shape(r, { 1, 1 })
     assert.are.same({ { 21 } }, r:totable())
-    assert_shape(x:max({ 1, 2 }, true), { 1, 1 })
+    H.assert_shape(x:max({ 1, 2 }, true), { 1, 1 })
     local a = x:argmax(nil, true) -- flat position, every dim kept as size 1
-    assert_shape(a, { 1, 1 })
+    H.assert_shape(a, { 1, 1 })
     assert.are.same({ { 6 } }, a:totable())
   end)
 
@@ -227,20 +179,20 @@ describe("reductions over dims", function()
     assert.are.same({ 9, 16 }, x:sum(-1):totable())
     assert.are.same({ 8, 7, 10 }, x:sum(-2):totable())
     assert.are.same({ 4, 3.5, 5 }, x:mean(1):totable())
-    assert_close(x:var(2), { 4, 8.333333333333334 })
-    assert_close(x:var(1), { 18, 4.5, 8 })
-    assert_close(x:var(2, false, 0), { 8 / 3, 50 / 9 })
-    assert_close(x:std(-1, false, 0), { math.sqrt(8 / 3), math.sqrt(50 / 9) })
-    assert_shape(x:sum(1), { 3 })
+    H.assert_close(x:var(2), { 4, 8.333333333333334 })
+    H.assert_close(x:var(1), { 18, 4.5, 8 })
+    H.assert_close(x:var(2, false, 0), { 8 / 3, 50 / 9 })
+    H.assert_close(x:std(-1, false, 0), { math.sqrt(8 / 3), math.sqrt(50 / 9) })
+    H.assert_shape(x:sum(1), { 3 })
   end)
 
   it("keepdim", function()
     local r = x:sum(1, true)
-    assert_shape(r, { 1, 3 })
+    H.assert_shape(r, { 1, 3 })
     assert.are.same({ { 8, 7, 10 } }, r:totable())
     r = x:mean(-1, true)
-    assert_shape(r, { 2, 1 })
-    assert_close(r, { { 3 }, { 16 / 3 } })
+    H.assert_shape(r, { 2, 1 })
+    H.assert_close(r, { { 3 }, { 16 / 3 } })
   end)
 
   it("max/min with a dim return values and 1-based positions; the first of equal extremes wins", function()
@@ -251,8 +203,8 @@ describe("reductions over dims", function()
     assert.are.same({ 1, 2, 3 }, v:totable())
     assert.are.same({ 1, 2, 1 }, i:totable())
     v, i = x:max(-2, true)
-    assert_shape(v, { 1, 3 })
-    assert_shape(i, { 1, 3 })
+    H.assert_shape(v, { 1, 3 })
+    H.assert_shape(i, { 1, 3 })
     assert.are.same({ { 7, 5, 7 } }, v:totable())
     assert.are.same({ { 2, 1, 2 } }, i:totable())
     v, i = D.min(D.tensor { { 2, 1, 1 }, { 0, 0, 0 } }, 2)
@@ -269,12 +221,12 @@ describe("reductions over dims", function()
   it("argmax/argmin with a dim and no keepdim drop that dim", function()
     local m = D.tensor { { 1, 5 }, { 7, 2 }, { 0, 9 } }
     local r = m:argmax(1)
-    assert_shape(r, { 2 })
+    H.assert_shape(r, { 2 })
     assert.are.same({ 2, 3 }, r:totable())
-    assert_shape(m:argmin(2), { 3 })
+    H.assert_shape(m:argmin(2), { 3 })
     assert.are.same({ 1, 2, 1 }, m:argmin(2):totable())
-    assert_shape(D.argmax(m, -1), { 3 })
-    assert_shape(m:argmax(1, false), { 2 })
+    H.assert_shape(D.argmax(m, -1), { 3 })
+    H.assert_shape(m:argmax(1, false), { 2 })
   end)
 
   it("argmax/argmin: flat 1-based without dim, along a dim with one", function()
@@ -284,7 +236,7 @@ describe("reductions over dims", function()
     assert.are.same({ 2, 1 }, x:argmax(2):totable())
     assert.are.same({ 1, 2 }, x:argmin(-1):totable())
     local r = x:argmax(2, true)
-    assert_shape(r, { 2, 1 })
+    H.assert_shape(r, { 2, 1 })
     assert.are.same({ { 2 }, { 1 } }, r:totable())
     assert.are.equal(1, D.argmax(D.tensor { 3, 1, 3 }):item())
     assert.are.equal(2, D.argmin(D.tensor { 2, 1, 1 }):item())
@@ -308,28 +260,28 @@ describe("reductions over dims", function()
       local arg = dims
       local r = x3[op](x3, arg, keepdim)
       assert.are.same(out_shape, r:shape(), op)
-      assert_close(r, expected, 1e-5)
+      H.assert_close(r, expected, 1e-5)
     end
     local pop = ref_reduce(t, "var", dims, keepdim, 0)
-    assert_close(x3:var(dims, keepdim, 0), pop, 1e-5)
+    H.assert_close(x3:var(dims, keepdim, 0), pop, 1e-5)
   end
 
   it("several dims {1,3} on a 3-d tensor", function()
     check_all(T3, { 1, 3 }, false)
     check_all(T3, { 1, 3 }, true)
     local x3 = D.tensor(T3)
-    assert_shape(x3:sum({ 1, 3 }), { 3 })
-    assert_shape(x3:sum({ 1, 3 }, true), { 1, 3, 1 })
+    H.assert_shape(x3:sum({ 1, 3 }), { 3 })
+    H.assert_shape(x3:sum({ 1, 3 }, true), { 1, 3, 1 })
   end)
 
   it("dims given in any order or negative pick the same dims", function()
     local x3 = D.tensor(T3)
     local expected = ref_reduce(T3, "sum", { 1, 3 })
-    assert_shape(x3:sum({ 3, 1 }), { 3 })
-    assert_close(x3:sum({ 3, 1 }), expected)
-    assert_close(x3:sum({ -1, 1 }), expected)
-    assert_close(x3:sum({ -3, -1 }), expected)
-    assert_close(x3:var({ -1, -3 }), (ref_reduce(T3, "var", { 1, 3 })))
+    H.assert_shape(x3:sum({ 3, 1 }), { 3 })
+    H.assert_close(x3:sum({ 3, 1 }), expected)
+    H.assert_close(x3:sum({ -1, 1 }), expected)
+    H.assert_close(x3:sum({ -3, -1 }), expected)
+    H.assert_close(x3:var({ -1, -3 }), (ref_reduce(T3, "var", { 1, 3 })))
   end)
 
   it("every single dim and pair of dims on a 3-d tensor", function()
@@ -338,8 +290,8 @@ describe("reductions over dims", function()
       check_all(T3, dims, true)
     end
     local x3 = D.tensor(T3)
-    assert_shape(x3:sum({ 1, 2, 3 }), {})
-    assert_shape(x3:sum({ 1, 2, 3 }, true), { 1, 1, 1 })
+    H.assert_shape(x3:sum({ 1, 2, 3 }), {})
+    H.assert_shape(x3:sum({ 1, 2, 3 }, true), { 1, 1, 1 })
   end)
 
   it("max/min along each dim of a 3-d tensor give the reference positions", function()
@@ -348,7 +300,7 @@ describe("reductions over dims", function()
       for _, op in ipairs { "max", "min" } do
         local ev, ei = ref_reduce(T3, op, { d })
         local v, i = x3[op](x3, d)
-        assert_close(v, ev, 0)
+        H.assert_close(v, ev, 0)
         assert.are.same(ei, i:totable())
       end
     end
@@ -389,9 +341,9 @@ describe("zero-size inputs", function()
     assert.are.same({ 0, 0, 0 }, D.zeros(0, 3):sum(1):totable())
     assert.is_true(is_nan(D.zeros(0):mean():item()))
     local r = D.zeros(0, 3):sum(2)
-    assert_shape(r, { 0 })
-    assert_shape(D.zeros(0, 3):sum(2, true), { 0, 1 })
-    assert_shape(D.zeros(2, 0, 3):sum({ 1, 3 }), { 0 })
+    H.assert_shape(r, { 0 })
+    H.assert_shape(D.zeros(0, 3):sum(2, true), { 0, 1 })
+    H.assert_shape(D.zeros(2, 0, 3):sum({ 1, 3 }), { 0 })
     assert.are.same({ { 0, 0 }, { 0, 0 } }, D.zeros(2, 0, 2):sum(2):totable())
     assert.are.same({ { { 0, 0 } }, { { 0, 0 } } }, D.zeros(2, 0, 2):sum(2, true):totable())
   end)
@@ -412,8 +364,8 @@ describe("zero-size inputs", function()
 
   it("max along a non-empty dim of an empty tensor is empty", function()
     local v, i = D.zeros(0, 3):max(2)
-    assert_shape(v, { 0 })
-    assert_shape(i, { 0 })
+    H.assert_shape(v, { 0 })
+    H.assert_shape(i, { 0 })
   end)
 end)
 
@@ -438,13 +390,13 @@ describe("NaN", function()
   it("propagates along a dim, per row", function()
     local x = D.tensor { { 1, NAN, 3 }, { 4, 5, 6 }, { 7, 8, NAN } }
     local v, i = x:max(2)
-    assert_close(v, { NAN, 6, NAN })
+    H.assert_close(v, { NAN, 6, NAN })
     assert.are.same({ 2, 3, 3 }, i:totable())
     v, i = x:min(1)
-    assert_close(v, { 1, NAN, NAN })
+    H.assert_close(v, { 1, NAN, NAN })
     assert.are.same({ 1, 1, 3 }, i:totable())
-    assert_close(x:sum(2), { NAN, 15, NAN })
-    assert_close(x:max({ 1, 2 }), NAN)
+    H.assert_close(x:sum(2), { NAN, 15, NAN })
+    H.assert_close(x:max({ 1, 2 }), NAN)
     assert.are.same({ 2, 3, 3 }, x:argmax(2):totable())
     assert.are.same({ 2, 1, 3 }, x:argmin(2):totable())
   end)
@@ -487,12 +439,12 @@ describe("non-contiguous inputs", function()
       assert.is_false(v:is_contiguous())
       local t = v:totable()
       for _, op in ipairs { "sum", "mean", "var", "std", "max", "min" } do
-        assert_close(v[op](v), (ref_reduce(t, op)), 1e-5)
+        H.assert_close(v[op](v), (ref_reduce(t, op)), 1e-5)
         for d = 1, v:dim() do
-          assert_close(v[op](v, d), (ref_reduce(t, op, { d })), 1e-5)
+          H.assert_close(v[op](v, d), (ref_reduce(t, op, { d })), 1e-5)
         end
         if v:dim() == 3 then
-          assert_close(v[op](v, { 1, 3 }), (ref_reduce(t, op, { 1, 3 })), 1e-5)
+          H.assert_close(v[op](v, { 1, 3 }), (ref_reduce(t, op, { 1, 3 })), 1e-5)
         end
       end
       local _, pmax = ref_reduce(t, "max")
@@ -518,7 +470,7 @@ describe("non-contiguous inputs", function()
     local e = D.tensor { 1, 2, 3 }:expand(4, 3)
     assert.are.equal(24, e:sum():item())
     assert.are.same({ 4, 8, 12 }, e:sum(1):totable())
-    assert_close(e:var(), (ref_reduce(e:totable(), "var")))
+    H.assert_close(e:var(), (ref_reduce(e:totable(), "var")))
   end)
 end)
 
@@ -558,8 +510,8 @@ describe("large tensors", function()
       q = q + (v - mean) ^ 2
       if v > best then best, at = v, i end
     end
-    assert_close(x:var():item(), q / (N - 1), 1e-5)
-    assert_close(x:var(nil, false, 0):item(), q / N, 1e-5)
+    H.assert_close(x:var():item(), q / (N - 1), 1e-5)
+    H.assert_close(x:var(nil, false, 0):item(), q / N, 1e-5)
     assert.are.equal(best, x:max():item())
     assert.are.equal(at, x:argmax():item())
   end)

@@ -4,31 +4,9 @@
 -- hand), every malformed file with its message, and saves that fail
 -- leaving the old file byte-identical and no temporary file behind.
 local D = require "diffusion"
+local H = require "helpers"
 
 --- helpers ----------------------------------------------------------------
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
-
--- The names in dir, sorted (hidden ones included).
-local function listing(dir)
-  local p = assert(io.popen("ls -A '" .. dir .. "'"))
-  local names = {}
-  for line in p:lines() do names[#names + 1] = line end
-  p:close()
-  table.sort(names)
-  return names
-end
 
 -- A safetensors file from a header string and raw data, as the format says.
 local function st_file(header, data)
@@ -47,16 +25,10 @@ local function u16(...)
   return table.concat(out)
 end
 
--- A tensor's values, row-major, as a flat list (a 0-d tensor gives one).
-local function values(x)
-  if x:numel() == 0 then return {} end
-  return x:flatten():totable()
-end
-
 local function assert_same_tensor(expected, actual, label)
   assert(actual, (label or "tensor") .. " is missing")
   assert.are.same(expected:shape(), actual:shape(), label)
-  local e, a = values(expected), values(actual)
+  local e, a = H.values(expected), H.values(actual)
   assert.are.equal(#e, #a, label)
   for i = 1, #e do
     if e[i] ~= a[i] and not (e[i] ~= e[i] and a[i] ~= a[i]) then
@@ -71,53 +43,26 @@ local function count(t)
   return n
 end
 
--- The error message of fn(...), which must raise.
-local function error_of(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error, but the call succeeded")
-  return tostring(err)
-end
-
-local function assert_has(msg, needles)
-  if type(needles) == "string" then needles = { needles } end
-  for _, needle in ipairs(needles) do
-    assert(msg:find(needle, 1, true), ("expected %q in the error message, got %q"):format(needle, msg))
-  end
-end
-
-local function assert_error_with(needles, fn, ...)
-  local msg = error_of(fn, ...)
-  assert_has(msg, needles)
-  return msg
-end
-
 describe("safetensors", function()
   local dir
 
-  setup(function()
-    dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir '" .. dir .. "'"))
-  end)
-
-  teardown(function()
-    os.execute("rm -rf '" .. dir .. "'")
-  end)
+  setup(function() dir = H.temp_dir() end)
+  teardown(function() H.remove_tree(dir) end)
 
   -- a fresh directory per test, so listings show exactly what the test made
   local sub, sub_count = nil, 0
   before_each(function()
     sub_count = sub_count + 1
     sub = dir .. "/t" .. sub_count
-    assert(os.execute("mkdir '" .. sub .. "'"))
+    H.mkdir(sub)
   end)
 
   -- Loads bytes written to a file in sub; must raise with the path and needles.
   local function load_bad(bytes, needles)
     local path = sub .. "/bad.safetensors"
-    write_file(path, bytes)
-    local msg = assert_error_with(needles, D.load_safetensors, path)
-    assert_has(msg, { "load_safetensors: ", path })
+    H.write_file(path, bytes)
+    local msg = H.assert_error_with(needles, D.load_safetensors, path)
+    H.assert_has(msg, { "load_safetensors: ", path })
     return msg
   end
 
@@ -150,13 +95,13 @@ describe("safetensors", function()
       assert.are.equal(3.25, back.scalar:item())
       assert.are.same({ 2, 0, 3 }, back.empty3:shape())
       assert.are.equal(-math.huge, 1 / back.special[4]) -- -0 kept
-      assert.are.same({ "a.safetensors" }, listing(sub))
+      assert.are.same({ "a.safetensors" }, H.listdir(sub))
     end)
 
     it("an empty table makes a valid 16-byte file", function()
       local path = sub .. "/e.safetensors"
       assert.is_true(D.save_safetensors(path, {}))
-      assert.are.equal(string.pack("<I8", 8) .. "{}      ", read_file(path))
+      assert.are.equal(string.pack("<I8", 8) .. "{}      ", H.read_file(path))
       local t, m = D.load_safetensors(path)
       assert.are.same({}, t)
       assert.are.same({}, m)
@@ -169,7 +114,7 @@ describe("safetensors", function()
         .. entry("b", { 2 }, 8, 16) .. "}"
       header = header .. string.rep(" ", (8 - #header % 8) % 8)
       assert.are.equal(0, #header % 8)
-      assert.are.equal(st_file(header, f32(0.5, -3, 1, 2)), read_file(path))
+      assert.are.equal(st_file(header, f32(0.5, -3, 1, 2)), H.read_file(path))
     end)
 
     it("the same tensors make the same bytes whatever the table's insertion order", function()
@@ -183,14 +128,14 @@ describe("safetensors", function()
       for i = #names, 1, -1 do backward[names[i]] = tensors[names[i]] end
       D.save_safetensors(p1, forward, { z = "1", a = "2" })
       D.save_safetensors(p2, backward, { a = "2", z = "1" })
-      assert.are.equal(read_file(p1), read_file(p2))
+      assert.are.equal(H.read_file(p1), H.read_file(p2))
     end)
 
     it("pads the header to a multiple of 8 for every name length", function()
       for len = 1, 17 do
         local path = sub .. "/p" .. len
         D.save_safetensors(path, { [string.rep("n", len)] = D.ones(1) })
-        local s = read_file(path)
+        local s = H.read_file(path)
         local n = string.unpack("<I8", s)
         assert.are.equal(0, n % 8, "name length " .. len)
         assert.are.equal(8 + n + 4, #s)
@@ -236,7 +181,7 @@ describe("safetensors", function()
       local contiguous = {}
       for n, x in pairs(ts) do contiguous[n] = x:contiguous() end
       D.save_safetensors(p2, contiguous)
-      assert.are.equal(read_file(p2), read_file(p1))
+      assert.are.equal(H.read_file(p2), H.read_file(p1))
       local back = D.load_safetensors(p1)
       for n, x in pairs(ts) do assert_same_tensor(x, back[n], n) end
       assert.are.same({ { 1, 1, 1, 1 }, { 2, 2, 2, 2 }, { 3, 3, 3, 3 } }, back.e:totable())
@@ -270,7 +215,7 @@ describe("safetensors", function()
       assert.is_nil(t.a)
       assert.are.same({ 0, 0 }, t.b:totable())
       assert.are.same({ v = "2" }, m)
-      assert.are.same({ "ck.safetensors" }, listing(sub))
+      assert.are.same({ "ck.safetensors" }, H.listdir(sub))
     end)
   end)
 
@@ -284,16 +229,16 @@ describe("safetensors", function()
         .. u16(0x3C00, 0xC100, 0x0001, 0x03FF, 0x7C00, 0xFC00, 0x7BFF, 0x8000, 0x7E00, 0x3555)
         .. u16(0x3F80, 0xC020, 0x7F80, 0x3DCD, 0x0001, 0xFF80)
       local path = sub .. "/ind.safetensors"
-      write_file(path, st_file(header, data))
+      H.write_file(path, st_file(header, data))
       local t, m = D.load_safetensors(path)
       assert.are.same({}, m)
       assert.are.same({ 2, 2 }, t.z:shape())
-      local z = values(t.z)
+      local z = H.values(t.z)
       assert.are.equal(1.5, z[1])
       assert.are.equal(-2.25, z[2])
       assert.are.equal(string.unpack("<f", string.pack("<f", 3e38)), z[3])
       assert.are.equal(string.unpack("<f", string.pack("<f", 0.1)), z[4])
-      local h = values(t.h)
+      local h = H.values(t.h)
       assert.are.equal(1.0, h[1])
       assert.are.equal(-2.5, h[2])
       assert.are.equal(2.0 ^ -24, h[3])       -- smallest subnormal
@@ -306,7 +251,7 @@ describe("safetensors", function()
       assert.is_true(h[9] ~= h[9])             -- NaN
       assert.are.equal(1365 / 4096, h[10])     -- 0x3555 = 0.333251953125
       assert.are.same({ 2, 3 }, t.b:shape())
-      local b = values(t.b)
+      local b = H.values(t.b)
       assert.are.equal(1.0, b[1])
       assert.are.equal(-2.5, b[2])
       assert.are.equal(math.huge, b[3])
@@ -323,7 +268,7 @@ describe("safetensors", function()
         .. '"e2": {"dtype": "BF16", "shape": [0], "data_offsets": [4, 4]}'
         .. ' }      '
       local path = sub .. "/ws.safetensors"
-      write_file(path, st_file(header, f32(42)))
+      H.write_file(path, st_file(header, f32(42)))
       local t, m = D.load_safetensors(path)
       assert.are.same({ format = "pt", ["é"] = "😀" }, m)
       local x = t['né"q"/']
@@ -335,7 +280,7 @@ describe("safetensors", function()
 
     it("an empty header object", function()
       local path = sub .. "/empty.st"
-      write_file(path, st_file("{}"))
+      H.write_file(path, st_file("{}"))
       local t, m = D.load_safetensors(path)
       assert.are.same({}, t)
       assert.are.same({}, m)
@@ -351,7 +296,7 @@ describe("safetensors", function()
     end)
 
     it("a directory is not a checkpoint", function()
-      assert_error_with({ sub, "is not a regular file" }, D.load_safetensors, sub)
+      H.assert_error_with({ sub, "is not a regular file" }, D.load_safetensors, sub)
     end)
 
     it("a file too short for the header length", function()
@@ -362,7 +307,7 @@ describe("safetensors", function()
     it("a file cut anywhere fails with the right message", function()
       local path = sub .. "/good.safetensors"
       D.save_safetensors(path, { a = D.randn(3, 2), b = D.ones(4), c = D.tensor(5) }, { k = "v" })
-      local s = read_file(path)
+      local s = H.read_file(path)
       local n = string.unpack("<I8", s)
       for cut = 0, #s - 1 do
         local needle = cut < 8 and "too short" or cut < 8 + n and ("header length %d runs past the end of the file (%d bytes)"):format(n, cut)
@@ -499,7 +444,7 @@ describe("safetensors", function()
         'tensor "a": shape has more than 8 dims')
       -- 8 dims is the limit, not past it
       local path = sub .. "/8d.st"
-      write_file(path, st_file("{" .. entry("a", { 1, 1, 1, 1, 1, 1, 1, 1 }, 0, 4) .. "}", f32(9)))
+      H.write_file(path, st_file("{" .. entry("a", { 1, 1, 1, 1, 1, 1, 1, 1 }, 0, 4) .. "}", f32(9)))
       assert.are.equal(8, D.load_safetensors(path).a:dim())
     end)
   end)
@@ -510,43 +455,43 @@ describe("safetensors", function()
     before_each(function()
       path = sub .. "/keep.safetensors"
       D.save_safetensors(path, { w = D.tensor({ 1, 2, 3 }) }, { v = "1" })
-      original = read_file(path)
+      original = H.read_file(path)
     end)
 
     local function assert_untouched(extra)
-      assert.are.equal(original, read_file(path))
+      assert.are.equal(original, H.read_file(path))
       local expected = { "keep.safetensors" }
       for _, e in ipairs(extra or {}) do expected[#expected + 1] = e end
       table.sort(expected)
-      assert.are.same(expected, listing(sub))
+      assert.are.same(expected, H.listdir(sub))
     end
 
     it("misuse raises and leaves the old file byte-identical", function()
-      assert_error_with('save_safetensors: tensors["b"] is a string, not a tensor', D.save_safetensors, path,
+      H.assert_error_with('save_safetensors: tensors["b"] is a string, not a tensor', D.save_safetensors, path,
         { a = D.zeros(2), b = "x" })
       assert_untouched()
-      assert_error_with('tensors["b"] is a table, not a tensor', D.save_safetensors, path, { b = {} })
-      assert_error_with("save_safetensors: tensor names must be strings, got a number key", D.save_safetensors, path,
+      H.assert_error_with('tensors["b"] is a table, not a tensor', D.save_safetensors, path, { b = {} })
+      H.assert_error_with("save_safetensors: tensor names must be strings, got a number key", D.save_safetensors, path,
         { D.zeros(1) })
-      assert_error_with("save_safetensors: a tensor name contains a NUL character", D.save_safetensors, path,
+      H.assert_error_with("save_safetensors: a tensor name contains a NUL character", D.save_safetensors, path,
         { ["a\0b"] = D.zeros(1) })
-      assert_error_with("save_safetensors: a tensor name is empty", D.save_safetensors, path, { [""] = D.zeros(1) })
-      assert_error_with('"__metadata__" is reserved', D.save_safetensors, path, { __metadata__ = D.zeros(1) })
-      assert_error_with('save_safetensors: tensor name "\255" is not valid UTF-8', D.save_safetensors, path,
+      H.assert_error_with("save_safetensors: a tensor name is empty", D.save_safetensors, path, { [""] = D.zeros(1) })
+      H.assert_error_with('"__metadata__" is reserved', D.save_safetensors, path, { __metadata__ = D.zeros(1) })
+      H.assert_error_with('save_safetensors: tensor name "\255" is not valid UTF-8', D.save_safetensors, path,
         { ["\255"] = D.zeros(1) })
-      assert_error_with('save_safetensors: metadata["k"] must be a string or a number, got boolean',
+      H.assert_error_with('save_safetensors: metadata["k"] must be a string or a number, got boolean',
         D.save_safetensors, path, { a = D.zeros(1) }, { k = true })
-      assert_error_with("save_safetensors: a metadata key must be a string or a number, got boolean",
+      H.assert_error_with("save_safetensors: a metadata key must be a string or a number, got boolean",
         D.save_safetensors, path, { a = D.zeros(1) }, { [true] = "x" })
-      assert_error_with('metadata["k"] contains a NUL character', D.save_safetensors, path, { a = D.zeros(1) },
+      H.assert_error_with('metadata["k"] contains a NUL character', D.save_safetensors, path, { a = D.zeros(1) },
         { k = "a\0b" })
-      assert_error_with("metadata value \"\255\" is not valid UTF-8", D.save_safetensors, path, { a = D.zeros(1) },
+      H.assert_error_with("metadata value \"\255\" is not valid UTF-8", D.save_safetensors, path, { a = D.zeros(1) },
         { k = "\255" })
-      assert_error_with({ "bad argument #2 to", "save_safetensors' (table expected, got no value)" },
+      H.assert_error_with({ "bad argument #2 to", "save_safetensors' (table expected, got no value)" },
         D.save_safetensors, path)
-      assert_error_with({ "bad argument #3 to", "save_safetensors' (table expected, got number)" },
+      H.assert_error_with({ "bad argument #3 to", "save_safetensors' (table expected, got number)" },
         D.save_safetensors, path, {}, 5)
-      assert_error_with({ "bad argument #1 to", "load_safetensors' (string expected, got no value)" },
+      H.assert_error_with({ "bad argument #1 to", "load_safetensors' (string expected, got no value)" },
         D.load_safetensors)
       assert_untouched()
     end)
@@ -554,7 +499,7 @@ describe("safetensors", function()
     it("a directory that doesn't exist raises", function()
       local ok, msg = pcall(D.save_safetensors, sub .. "/missing/x.safetensors", { w = D.zeros(1) })
       assert.is_false(ok)
-      assert_has(msg, { "save_safetensors: cannot create a temporary file for " .. sub
+      H.assert_has(msg, { "save_safetensors: cannot create a temporary file for " .. sub
         .. "/missing/x.safetensors: No such file or directory" })
       assert_untouched()
     end)
@@ -565,9 +510,9 @@ describe("safetensors", function()
       assert(os.execute("mkdir '" .. target .. "' && touch '" .. target .. "/inside'"))
       local ok, msg = pcall(D.save_safetensors, target, { w = D.ones(1000) })
       assert.is_false(ok)
-      assert_has(msg, { "save_safetensors: cannot replace " .. target .. ": " })
+      H.assert_has(msg, { "save_safetensors: cannot replace " .. target .. ": " })
       assert_untouched({ "target" })
-      assert.are.same({ "inside" }, listing(target))
+      assert.are.same({ "inside" }, H.listdir(target))
     end)
   end)
 end)

@@ -17,14 +17,7 @@
 local D = require "diffusion"
 local schedule = require "diffusion.schedule"
 local sample = require "diffusion.sample"
-
-local function expect_error(fn, needle)
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "expected an error containing: " .. needle)
-  assert.is_truthy(tostring(err):find(needle, 1, true), "error message was: " .. tostring(err))
-end
-
-local function max_diff(a, b) return (a - b):abs():max():item() end
+local H = require "helpers"
 
 local MU, S2 = 0.2, 0.09 -- data N(0.2, 0.3^2): inside [-1, 1] but for 0.4 % of the pixels
 local N, SHAPE = 4000, { 1, 2, 2 }
@@ -86,8 +79,8 @@ describe("timesteps", function()
     assert.are.same({ 10, 7, 3 }, sample.timesteps(10, 3, "trailing"))
     local all = sample.timesteps(6, 6)
     assert.are.same({ 6, 5, 4, 3, 2, 1 }, all)
-    expect_error(function() sample.timesteps(10, 11) end, "timesteps: steps must be an integer in [1, 10], got 11")
-    expect_error(function() sample.timesteps(10, 2, "linspace") end, 'timesteps: spacing must be "leading" or "trailing"')
+    H.expect_error(function() sample.timesteps(10, 11) end, "timesteps: steps must be an integer in [1, 10], got 11")
+    H.expect_error(function() sample.timesteps(10, 2, "linspace") end, 'timesteps: spacing must be "leading" or "trailing"')
   end)
 end)
 
@@ -127,7 +120,7 @@ describe("samplers on Gaussian data", function()
   it("DDIM with eta = 1 matches DDPM: step for step over all T, and in variance at 200 steps", function()
     local a = sample.ddim(eps_model, sched, { n = 64, shape = SHAPE, steps = 1000, eta = 1, seed = 3, clip_x0 = false })
     local b = sample.ddpm(eps_model, sched, { n = 64, shape = SHAPE, seed = 3, clip_x0 = false })
-    assert.is_true(max_diff(a, b) < 1e-4, "max diff " .. max_diff(a, b))
+    assert.is_true(H.max_diff(a, b) < 1e-4, "max diff " .. H.max_diff(a, b))
     local _, v_ddim = exact_moments(sched, "ddim", 200, 1)
     local _, v_ddpm = exact_moments(sched, "ddpm", 200, 0, "beta_tilde")
     assert.is_true(math.abs(v_ddim - v_ddpm) < 1e-9) -- the same chain
@@ -153,7 +146,7 @@ describe("samplers on Gaussian data", function()
         for k, v in pairs(opts) do o[k] = v end
         o.prediction = p
         local x = sample[kind](gaussian_model(sched, p), sched, o)
-        assert.is_true(max_diff(x, base) < 1e-4, kind .. " " .. p .. ": " .. max_diff(x, base))
+        assert.is_true(H.max_diff(x, base) < 1e-4, kind .. " " .. p .. ": " .. H.max_diff(x, base))
       end
     end
   end)
@@ -194,8 +187,8 @@ describe("sampler options", function()
       local kind, steps, variance, eta = case[1], case[2], case[3], case[4]
       local x = sample[kind](pull, sched, { n = 3, shape = SHAPE, steps = steps, variance = variance, eta = eta, seed = 21 })
       local want = reference(kind, steps, variance, eta)
-      assert.is_true(max_diff(x, want) < 1e-4, string.format("%s %d %s %s: %g", kind, steps, tostring(variance),
-        tostring(eta), max_diff(x, want)))
+      assert.is_true(H.max_diff(x, want) < 1e-4, string.format("%s %d %s %s: %g", kind, steps, tostring(variance),
+        tostring(eta), H.max_diff(x, want)))
     end
   end)
 
@@ -204,7 +197,7 @@ describe("sampler options", function()
     local a, b = sample.ddim(model, sched, opts), sample.ddim(model, sched, opts)
     assert.are.same(a:totable(), b:totable())
     local c = sample.ddim(model, sched, { n = 8, shape = { 2, 3, 3 }, steps = 10, eta = 0.5, seed = 43 })
-    assert.is_true(max_diff(a, c) > 0.1)
+    assert.is_true(H.max_diff(a, c) > 0.1)
     local d = sample.ddpm(model, sched, { n = 8, shape = { 2, 3, 3 }, steps = 10, generator = D.Generator(42) })
     local e = sample.ddpm(model, sched, { n = 8, shape = { 2, 3, 3 }, steps = 10, seed = 42 })
     assert.are.same(d:totable(), e:totable())
@@ -229,7 +222,7 @@ describe("sampler options", function()
     assert.are.equal(4, calls)
     assert.are.same({ 76, 51, 26, 1 }, seen)
     -- grad mode is restored when the model raises
-    expect_error(function() sample.ddim(function() error("boom") end, sched, { n = 1, shape = SHAPE }) end, "boom")
+    H.expect_error(function() sample.ddim(function() error("boom") end, sched, { n = 1, shape = SHAPE }) end, "boom")
     assert.is_true(D.is_grad_enabled())
   end)
 
@@ -251,11 +244,11 @@ describe("sampler options", function()
     opts.guidance = 1
     local w1 = sample.ddim(conditional, sched, opts)
     assert.are.equal(20, calls) -- one model call of 2n per step
-    assert.is_true(max_diff(w1, plain) < 1e-5, "w = 1: " .. max_diff(w1, plain))
+    assert.is_true(H.max_diff(w1, plain) < 1e-5, "w = 1: " .. H.max_diff(w1, plain))
     opts.guidance = 0
     local w0 = sample.ddim(conditional, sched, opts)
     local uncond = sample.ddim(conditional, sched, { n = 4, shape = SHAPE, steps = 20, seed = 9, y = D.full({ 4 }, 3) })
-    assert.is_true(max_diff(w0, uncond) < 1e-5, "w = 0: " .. max_diff(w0, uncond))
+    assert.is_true(H.max_diff(w0, uncond) < 1e-5, "w = 0: " .. H.max_diff(w0, uncond))
     -- w = 3 pushes the class means apart (3 times the conditional shift, before clipping)
     opts.guidance, opts.n, opts.y, opts.clip_x0 = 3, 2, D.tensor { 1, 2 }, false
     local x = sample.ddim(conditional, sched, opts)
@@ -303,33 +296,33 @@ describe("sampler options", function()
 
   it("rejects bad options and bad model outputs with messages", function()
     local ok_opts = { n = 2, shape = SHAPE }
-    expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, steps = 101 }) end,
+    H.expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, steps = 101 }) end,
       "sample.ddim: steps must be an integer in [1, 100], got 101")
-    expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, eta = 2 }) end,
+    H.expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, eta = 2 }) end,
       "sample.ddim: eta must be a number in [0, 1], got 2")
-    expect_error(function() sample.ddpm(model, sched, { n = 2, shape = SHAPE, variance = "large" }) end,
+    H.expect_error(function() sample.ddpm(model, sched, { n = 2, shape = SHAPE, variance = "large" }) end,
       'sample.ddpm: variance must be "beta" or "beta_tilde", got large')
-    expect_error(function() sample.ddpm(model, sched, { n = 2, shape = SHAPE, prediction = "eps" }) end,
+    H.expect_error(function() sample.ddpm(model, sched, { n = 2, shape = SHAPE, prediction = "eps" }) end,
       'sample.ddpm: prediction must be "epsilon", "x0" or "v", got eps')
-    expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, stepz = 3 }) end,
+    H.expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, stepz = 3 }) end,
       "sample.ddim: unknown option 'stepz'")
-    expect_error(function() sample.ddim(model, sched, { shape = SHAPE }) end, "sample.ddim: n must be an integer >= 1, got nil")
-    expect_error(function() sample.ddim(model, sched, { n = 2 }) end, "sample.ddim: shape must be a list like {C, H, W}")
-    expect_error(function() sample.ddim(model, sched, { n = 2, shape = { 1, 0 } }) end,
+    H.expect_error(function() sample.ddim(model, sched, { shape = SHAPE }) end, "sample.ddim: n must be an integer >= 1, got nil")
+    H.expect_error(function() sample.ddim(model, sched, { n = 2 }) end, "sample.ddim: shape must be a list like {C, H, W}")
+    H.expect_error(function() sample.ddim(model, sched, { n = 2, shape = { 1, 0 } }) end,
       "sample.ddim: shape[2] must be an integer >= 1, got 0")
-    expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, y = D.tensor { 1, 2, 3 } }) end,
+    H.expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, y = D.tensor { 1, 2, 3 } }) end,
       "sample.ddim: 3 labels for n = 2 samples")
-    expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, y = D.tensor { 1, 2 }, guidance = 2 }) end,
+    H.expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, y = D.tensor { 1, 2 }, guidance = 2 }) end,
       "sample.ddim: guidance needs null_class (the label of the unconditional pass), got nil")
-    expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, guidance = 2, null_class = 0 }) end,
+    H.expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, guidance = 2, null_class = 0 }) end,
       "sample.ddim: guidance needs labels y")
-    expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, seed = 1, generator = D.Generator(1) }) end,
+    H.expect_error(function() sample.ddim(model, sched, { n = 2, shape = SHAPE, seed = 1, generator = D.Generator(1) }) end,
       "sample.ddim: give seed or generator, not both")
-    expect_error(function() sample.ddim(42, sched, ok_opts) end, "sample.ddim: model must be callable as model(x, t, y), got number")
-    expect_error(function() sample.ddim(model, {}, ok_opts) end, "sample.ddim: expected a schedule (D.schedule.*), got table")
-    expect_error(function() sample.ddim(function() return 1 end, sched, ok_opts) end,
+    H.expect_error(function() sample.ddim(42, sched, ok_opts) end, "sample.ddim: model must be callable as model(x, t, y), got number")
+    H.expect_error(function() sample.ddim(model, {}, ok_opts) end, "sample.ddim: expected a schedule (D.schedule.*), got table")
+    H.expect_error(function() sample.ddim(function() return 1 end, sched, ok_opts) end,
       "sample.ddim: the model returned number, expected a tensor")
-    expect_error(function() sample.ddpm(function(x) return x[1] end, sched, ok_opts) end,
+    H.expect_error(function() sample.ddpm(function(x) return x[1] end, sched, ok_opts) end,
       "sample.ddpm: the model returned shape {1,2,2} for x of shape {2,1,2,2}")
   end)
 end)

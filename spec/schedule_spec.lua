@@ -6,29 +6,7 @@
 local D = require "diffusion"
 local core = require "diffusion.core"
 local schedule = require "diffusion.schedule"
-
-local function expect_error(fn, needle)
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "expected an error containing: " .. needle)
-  assert.is_truthy(tostring(err):find(needle, 1, true), "error message was: " .. tostring(err))
-end
-
--- |a - e| <= tol * max(1, |e|) for a number or each element of a 1-d tensor / list
-local function assert_close(actual, expected, tol, what)
-  if type(actual) == "userdata" then actual = actual:dim() == 0 and actual:item() or actual:totable() end
-  if type(expected) == "userdata" then expected = expected:dim() == 0 and expected:item() or expected:totable() end
-  if type(expected) == "number" then actual, expected = { actual }, { expected } end
-  assert.are.equal(#expected, #actual, (what or "value") .. ": length")
-  for i = 1, #expected do
-    local a, e = actual[i], expected[i]
-    if type(e) == "table" then
-      assert_close(a, e, tol, (what or "value") .. "[" .. i .. "]")
-    else
-      assert.is_true(math.abs(a - e) <= tol * math.max(1, math.abs(e)),
-        string.format("%s[%d]: expected %.9g, got %.9g", what or "value", i, e, a))
-    end
-  end
-end
+local H = require "helpers"
 
 -- relative comparison, for values far below 1
 local function assert_rel(actual, expected, rtol, what)
@@ -61,10 +39,10 @@ describe("named schedules", function()
 
   it("linear with other ends and a tiny T", function()
     local s = schedule.linear { T = 3, beta_start = 0.1, beta_end = 0.3 }
-    assert_close(s.betas, { 0.1, 0.2, 0.3 }, 1e-7)
-    assert_close(s.alpha_bar, { 0.9, 0.72, 0.504 }, 1e-7)
+    H.assert_close(s.betas, { 0.1, 0.2, 0.3 }, 1e-7)
+    H.assert_close(s.alpha_bar, { 0.9, 0.72, 0.504 }, 1e-7)
     local one = schedule.linear { T = 1, beta_start = 0.25, beta_end = 0.5 }
-    assert_close(one.betas, { 0.25 }, 1e-7) -- numpy's linspace(a, b, 1) = {a}
+    H.assert_close(one.betas, { 0.25 }, 1e-7) -- numpy's linspace(a, b, 1) = {a}
   end)
 
   it("scaled_linear: betas = linspace(sqrt(0.00085), sqrt(0.012), T)^2", function()
@@ -150,31 +128,31 @@ describe("derived tables", function()
     assert.are.equal("betas", s.kind)
     assert.are.equal(2, s.T)
     local tol = 1e-6
-    assert_close(s.betas, { 0.1, 0.2 }, tol)
-    assert_close(s.alphas, { 0.9, 0.8 }, tol)
-    assert_close(s.alpha_bar, { 0.9, 0.72 }, tol)
-    assert_close(s.alpha_bar_prev, { 1, 0.9 }, tol)
-    assert_close(s.sqrt_alpha_bar, { math.sqrt(0.9), math.sqrt(0.72) }, tol)
-    assert_close(s.sqrt_one_minus_alpha_bar, { math.sqrt(0.1), math.sqrt(0.28) }, tol)
-    assert_close(s.snr, { 9, 0.72 / 0.28 }, tol)
-    assert_close(s.log_snr, { math.log(9), math.log(0.72 / 0.28) }, tol)
-    assert_close(s.sigma, { 1 / 3, math.sqrt(0.28 / 0.72) }, tol)
-    assert_close(s.posterior_variance, { 0, 0.1 / 0.28 * 0.2 }, tol)
-    assert_close(s.posterior_mean_coef1, { 1, 0.2 * math.sqrt(0.9) / 0.28 }, tol)
-    assert_close(s.posterior_mean_coef2, { 0, 0.1 * math.sqrt(0.8) / 0.28 }, tol)
+    H.assert_close(s.betas, { 0.1, 0.2 }, tol)
+    H.assert_close(s.alphas, { 0.9, 0.8 }, tol)
+    H.assert_close(s.alpha_bar, { 0.9, 0.72 }, tol)
+    H.assert_close(s.alpha_bar_prev, { 1, 0.9 }, tol)
+    H.assert_close(s.sqrt_alpha_bar, { math.sqrt(0.9), math.sqrt(0.72) }, tol)
+    H.assert_close(s.sqrt_one_minus_alpha_bar, { math.sqrt(0.1), math.sqrt(0.28) }, tol)
+    H.assert_close(s.snr, { 9, 0.72 / 0.28 }, tol)
+    H.assert_close(s.log_snr, { math.log(9), math.log(0.72 / 0.28) }, tol)
+    H.assert_close(s.sigma, { 1 / 3, math.sqrt(0.28 / 0.72) }, tol)
+    H.assert_close(s.posterior_variance, { 0, 0.1 / 0.28 * 0.2 }, tol)
+    H.assert_close(s.posterior_mean_coef1, { 1, 0.2 * math.sqrt(0.9) / 0.28 }, tol)
+    H.assert_close(s.posterior_mean_coef2, { 0, 0.1 * math.sqrt(0.8) / 0.28 }, tol)
   end)
 
   it("from a tensor of betas, and from_alpha_bar giving the same schedule", function()
     local a = schedule.from_betas(D.tensor { 0.5, 0.5 })
-    assert_close(a.alpha_bar, { 0.5, 0.25 }, 1e-7)
+    H.assert_close(a.alpha_bar, { 0.5, 0.25 }, 1e-7)
     local b = schedule.from_alpha_bar(function(u) return 0.25 ^ u end, 2)
     assert.are.equal("alpha_bar", b.kind)
-    assert_close(b.betas, { 0.5, 0.5 }, 1e-7)
-    assert_close(b.alpha_bar, { 0.5, 0.25 }, 1e-7)
+    H.assert_close(b.betas, { 0.5, 0.5 }, 1e-7)
+    H.assert_close(b.alpha_bar, { 0.5, 0.25 }, 1e-7)
     -- fn(0) need not be 1: alpha_bar_0 = 1 is implied, and beta_1 = 1 - fn(1/T)
     local c = schedule.from_alpha_bar(function(u) return 0.8 - 0.5 * u end, 4)
-    assert_close(c.alpha_bar, { 0.675, 0.55, 0.425, 0.3 }, 1e-7)
-    assert_close(c.betas, { 0.325, 1 - 0.55 / 0.675, 1 - 0.425 / 0.55, 1 - 0.3 / 0.425 }, 1e-6)
+    H.assert_close(c.alpha_bar, { 0.675, 0.55, 0.425, 0.3 }, 1e-7)
+    H.assert_close(c.betas, { 0.325, 1 - 0.55 / 0.675, 1 - 0.425 / 0.55, 1 - 0.3 / 0.425 }, 1e-6)
   end)
 
   it("the tables agree with each other and with their double lists, for every kind", function()
@@ -216,10 +194,10 @@ describe("add_noise", function()
     local noise = D.tensor { { 0.5, -1 }, { 2, 0 } }
     local xt = s:add_noise(x0, noise, D.tensor { 2, 1 })
     local a2, b2, a1, b1 = math.sqrt(0.72), math.sqrt(0.28), math.sqrt(0.9), math.sqrt(0.1)
-    assert_close(xt, { { a2 + 0.5 * b2, 2 * a2 - b2 }, { 3 * a1 + 2 * b1, 4 * a1 } }, 1e-6)
+    H.assert_close(xt, { { a2 + 0.5 * b2, 2 * a2 - b2 }, { 3 * a1 + 2 * b1, 4 * a1 } }, 1e-6)
     -- a number t is the same timestep for all
     local same = s:add_noise(x0, noise, 2)
-    assert_close(same, { { a2 + 0.5 * b2, 2 * a2 - b2 }, { 3 * a2 + 2 * b2, 4 * a2 } }, 1e-6)
+    H.assert_close(same, { { a2 + 0.5 * b2, 2 * a2 - b2 }, { 3 * a2 + 2 * b2, 4 * a2 } }, 1e-6)
     assert.are.same({ 2, 2 }, same:shape())
   end)
 
@@ -266,28 +244,28 @@ describe("add_noise", function()
     local y = s:add_noise(x0, D.zeros(4, 2), D.tensor { 1, 2, 2, 1 })
     y:sum():backward()
     local g = x0.grad:totable()
-    assert_close(g, { { math.sqrt(0.9), math.sqrt(0.9) }, { math.sqrt(0.72), math.sqrt(0.72) },
+    H.assert_close(g, { { math.sqrt(0.9), math.sqrt(0.9) }, { math.sqrt(0.72), math.sqrt(0.72) },
       { math.sqrt(0.72), math.sqrt(0.72) }, { math.sqrt(0.9), math.sqrt(0.9) } }, 1e-6)
   end)
 
   it("rejects bad timesteps and shapes with messages", function()
     local x = D.zeros(2, 3)
-    expect_error(function() s:add_noise(x, x, 0) end, "add_noise: timestep 0 is not an integer in [1, 2]")
-    expect_error(function() s:add_noise(x, x, 1.5) end, "add_noise: timestep 1.5 is not an integer in [1, 2]")
-    expect_error(function() s:add_noise(x, x, D.tensor { 1, 3 }) end,
+    H.expect_error(function() s:add_noise(x, x, 0) end, "add_noise: timestep 0 is not an integer in [1, 2]")
+    H.expect_error(function() s:add_noise(x, x, 1.5) end, "add_noise: timestep 1.5 is not an integer in [1, 2]")
+    H.expect_error(function() s:add_noise(x, x, D.tensor { 1, 3 }) end,
       "add_noise: timestep 3 at position 2 is not an integer in [1, 2]")
-    expect_error(function() s:add_noise(x, x, D.tensor { 1, 0.5 }) end,
+    H.expect_error(function() s:add_noise(x, x, D.tensor { 1, 0.5 }) end,
       "add_noise: timestep 0.5 at position 2 is not an integer in [1, 2]")
-    expect_error(function() s:add_noise(x, x, D.tensor { 1, 2, 1 }) end,
+    H.expect_error(function() s:add_noise(x, x, D.tensor { 1, 2, 1 }) end,
       "add_noise: timesteps of shape {3} for a batch of shape {2,3} (expected one timestep per sample)")
-    expect_error(function() s:add_noise(x, D.zeros(2, 4), 1) end, "add_noise: noise has shape {2,4} but x0 has shape {2,3}")
-    expect_error(function() s:add_noise(x, nil, 1) end, "add_noise: noise must be a tensor, got nil")
-    expect_error(function() s:posterior(D.zeros(2, 2), x, 1) end, "posterior: x0 has shape {2,2} but xt has shape {2,3}")
-    expect_error(function() s:target(x, D.zeros(2), 1, "v") end, "target: noise has shape {2} but x0 has shape {2,3}")
-    expect_error(function() s:predict_x0_eps(D.zeros(3, 3), x, 1) end,
+    H.expect_error(function() s:add_noise(x, D.zeros(2, 4), 1) end, "add_noise: noise has shape {2,4} but x0 has shape {2,3}")
+    H.expect_error(function() s:add_noise(x, nil, 1) end, "add_noise: noise must be a tensor, got nil")
+    H.expect_error(function() s:posterior(D.zeros(2, 2), x, 1) end, "posterior: x0 has shape {2,2} but xt has shape {2,3}")
+    H.expect_error(function() s:target(x, D.zeros(2), 1, "v") end, "target: noise has shape {2} but x0 has shape {2,3}")
+    H.expect_error(function() s:predict_x0_eps(D.zeros(3, 3), x, 1) end,
       "predict_x0_eps: the model output has shape {3,3} but xt has shape {2,3}")
-    expect_error(function() s:add_noise(x, x, "1") end, "add_noise: t must be a (N) tensor of timesteps or an integer")
-    expect_error(function() s:add_noise(D.tensor(1), D.tensor(1), 1) end, "add_noise: expected a batch (N, ...), got shape {}")
+    H.expect_error(function() s:add_noise(x, x, "1") end, "add_noise: t must be a (N) tensor of timesteps or an integer")
+    H.expect_error(function() s:add_noise(D.tensor(1), D.tensor(1), 1) end, "add_noise: expected a batch (N, ...), got shape {}")
   end)
 end)
 
@@ -307,9 +285,9 @@ describe("posterior", function()
       want_mean[n] = { c1 * x0[n][1] + c2 * xt[n][1], c1 * x0[n][2] + c2 * xt[n][2] }
       want_var[n] = { (1 - abp) / (1 - ab[t]) * beta }
     end
-    assert_close(mean, want_mean, 1e-6)
-    assert_close(var, want_var, 1e-6)
-    assert_close(mean[1], x0[1], 1e-6) -- t = 1: the clean data, variance 0
+    H.assert_close(mean, want_mean, 1e-6)
+    H.assert_close(var, want_var, 1e-6)
+    H.assert_close(mean[1], x0[1], 1e-6) -- t = 1: the clean data, variance 0
     assert.are.equal(0, var[1][1])
     -- the posterior mean is the Gaussian conditional: it agrees with Bayes' rule
     -- for x_{t-1} ~ N(sqrt(ab_{t-1}) x0, 1 - ab_{t-1}), x_t | x_{t-1} ~ N(sqrt(alpha) x_{t-1}, beta)
@@ -317,8 +295,8 @@ describe("posterior", function()
     local alpha, beta = 0.7, 0.3
     local post_v = 1 / (1 / prior_v + alpha / beta)
     local post_m = post_v * (prior_m / prior_v + math.sqrt(alpha) * 1 / beta)
-    assert_close(mean[3][1], post_m, 1e-6)
-    assert_close(var[3][1], post_v, 1e-6)
+    H.assert_close(mean[3][1], post_m, 1e-6)
+    H.assert_close(var[3][1], post_v, 1e-6)
   end)
 
   it("a number t, and (N, C, H, W) batches give (N, 1, 1, 1) variances", function()
@@ -329,7 +307,7 @@ describe("posterior", function()
     assert.are.same({ 2, 1, 1, 1 }, v1:shape())
     assert.are.same({ 2, 1, 1, 1 }, v2:shape())
     assert.is_true((m1 - m2):abs():max():item() < 1e-6)
-    assert_close(v1:reshape(2), v2:reshape(2), 1e-6)
+    H.assert_close(v1:reshape(2), v2:reshape(2), 1e-6)
   end)
 end)
 
@@ -350,7 +328,7 @@ describe("sample_t", function()
     assert.is_true(chi2 < 27.9, "chi2 = " .. chi2)
     assert.are.same(t:totable(), s:sample_t(n, D.Generator(5)):totable())
     assert.are.same({ 0 }, s:sample_t(0):shape())
-    expect_error(function() s:sample_t(-1) end, "sample_t: n must be an integer >= 0, got -1")
+    H.expect_error(function() s:sample_t(-1) end, "sample_t: n must be an integer >= 0, got -1")
   end)
 end)
 
@@ -370,7 +348,7 @@ describe("targets and predictions", function()
       want[n] = {}
       for j = 1, 2 do want[n][j] = math.sqrt(a) * eps[n][j] - math.sqrt(1 - a) * x0[n][j] end
     end
-    assert_close(v, want, 1e-6)
+    H.assert_close(v, want, 1e-6)
   end)
 
   it("predict_x0_eps inverts each target within float error, at every noise level", function()
@@ -404,8 +382,8 @@ describe("targets and predictions", function()
 
   it("rejects an unknown prediction type", function()
     local x = D.zeros(1, 2)
-    expect_error(function() s:target(x, x, 1, "eps") end, 'target: prediction must be "epsilon", "x0" or "v", got "eps"')
-    expect_error(function() s:predict_x0_eps(x, x, 1, 3) end, 'predict_x0_eps: prediction must be "epsilon", "x0" or "v", got 3')
+    H.expect_error(function() s:target(x, x, 1, "eps") end, 'target: prediction must be "epsilon", "x0" or "v", got "eps"')
+    H.expect_error(function() s:predict_x0_eps(x, x, 1, 3) end, 'predict_x0_eps: prediction must be "epsilon", "x0" or "v", got 3')
   end)
 end)
 
@@ -426,10 +404,10 @@ describe("sampler step kernels", function()
         want[i] = {}
         for j = 1, 2 do want[i][j] = c1 * x0[i][j] + c2 * xt[i][j] + sigma * z[i][j] end
       end
-      assert_close(out, want, 1e-6)
+      H.assert_close(out, want, 1e-6)
     end
     -- into x_0 (alpha_bar_prev = 1): the predicted x0 itself
-    assert_close(core._ddpm_step(xt, x0, nil, 0.9, 1, true), x0:totable(), 1e-6)
+    H.assert_close(core._ddpm_step(xt, x0, nil, 0.9, 1, true), x0:totable(), 1e-6)
   end)
 
   it("ddim_step: sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z", function()
@@ -445,9 +423,9 @@ describe("sampler step kernels", function()
           want[i][j] = math.sqrt(abp) * x0[i][j] + math.sqrt(1 - abp - sigma ^ 2) * eps + sigma * z[i][j]
         end
       end
-      assert_close(out, want, 1e-6)
+      H.assert_close(out, want, 1e-6)
     end
-    assert_close(core._ddim_step(xt, x0, z, 0.3, 1, 1), x0:totable(), 1e-6) -- sigma is 0 into x_0
+    H.assert_close(core._ddim_step(xt, x0, z, 0.3, 1, 1), x0:totable(), 1e-6) -- sigma is 0 into x_0
   end)
 
   it("ddim with eta = 1 is the ddpm step with beta_tilde", function()
@@ -457,68 +435,68 @@ describe("sampler step kernels", function()
   end)
 
   it("rejects inconsistent arguments", function()
-    expect_error(function() core._ddpm_step(xt, x0, nil, 0.8, 0.5, true) end,
+    H.expect_error(function() core._ddpm_step(xt, x0, nil, 0.8, 0.5, true) end,
       "ddpm_step: expected 0 < alpha_bar_t < alpha_bar_prev <= 1, got alpha_bar_t = 0.8 and alpha_bar_prev = 0.5")
-    expect_error(function() core._ddim_step(xt, x0, nil, 0.5, 1.5, 0) end,
+    H.expect_error(function() core._ddim_step(xt, x0, nil, 0.5, 1.5, 0) end,
       "ddim_step: expected 0 < alpha_bar_t < alpha_bar_prev <= 1")
-    expect_error(function() core._ddim_step(xt, D.zeros(2, 3), nil, 0.5, 0.6, 0) end,
+    H.expect_error(function() core._ddim_step(xt, D.zeros(2, 3), nil, 0.5, 0.6, 0) end,
       "ddim_step: x0 has shape {2,3} but x_t has shape {2,2}")
-    expect_error(function() core._ddpm_step(xt, x0, D.zeros(4), 0.5, 0.6, false) end,
+    H.expect_error(function() core._ddpm_step(xt, x0, D.zeros(4), 0.5, 0.6, false) end,
       "ddpm_step: the noise has shape {4} but x_t has shape {2,2}")
-    expect_error(function() core._ddim_step(xt, x0, nil, 0.5, 0.6, -1) end, "ddim_step: eta must be a finite number >= 0, got -1")
-    expect_error(function() core._ddim_step(xt, x0, z, 0.1, 0.5, 3) end, "ddim_step: eta = 3 makes sigma^2 =")
+    H.expect_error(function() core._ddim_step(xt, x0, nil, 0.5, 0.6, -1) end, "ddim_step: eta must be a finite number >= 0, got -1")
+    H.expect_error(function() core._ddim_step(xt, x0, z, 0.1, 0.5, 3) end, "ddim_step: eta = 3 makes sigma^2 =")
   end)
 end)
 
 describe("invalid schedules", function()
   it("from_alpha_bar: not decreasing, NaN, outside (0, 1], not a number", function()
-    expect_error(function() schedule.from_alpha_bar(function() return 0.5 end, 3) end,
+    H.expect_error(function() schedule.from_alpha_bar(function() return 0.5 end, 3) end,
       "schedule.from_alpha_bar: alpha_bar[2] = 0.5 is not below alpha_bar[1] = 0.5 (alpha_bar must be strictly decreasing")
-    expect_error(function() schedule.from_alpha_bar(function(u) return 0.1 + 0.5 * u end, 4) end,
+    H.expect_error(function() schedule.from_alpha_bar(function(u) return 0.1 + 0.5 * u end, 4) end,
       "schedule.from_alpha_bar: alpha_bar[2] = 0.35 is not below alpha_bar[1] = 0.225")
-    expect_error(function() schedule.from_alpha_bar(function(u) return u > 0.5 and 0 / 0 or 1 - u end, 4) end,
+    H.expect_error(function() schedule.from_alpha_bar(function(u) return u > 0.5 and 0 / 0 or 1 - u end, 4) end,
       "schedule.from_alpha_bar: alpha_bar[3] is NaN")
-    expect_error(function() schedule.from_alpha_bar(function(u) return 2 - u end, 4) end,
+    H.expect_error(function() schedule.from_alpha_bar(function(u) return 2 - u end, 4) end,
       "schedule.from_alpha_bar: alpha_bar[1] = 1.75 is not in (0, 1]")
-    expect_error(function() schedule.from_alpha_bar(function(u) return 1 - u end, 4) end,
+    H.expect_error(function() schedule.from_alpha_bar(function(u) return 1 - u end, 4) end,
       "schedule.from_alpha_bar: alpha_bar[4] = 0 is not in (0, 1]")
-    expect_error(function() schedule.from_alpha_bar(function() return 1 end, 4) end,
+    H.expect_error(function() schedule.from_alpha_bar(function() return 1 end, 4) end,
       "schedule.from_alpha_bar: alpha_bar[1] = 1 is not below alpha_bar[0] = 1 (alpha_bar must be strictly decreasing from alpha_bar_0 = 1)")
-    expect_error(function() schedule.from_alpha_bar(function() return "x" end, 4) end,
+    H.expect_error(function() schedule.from_alpha_bar(function() return "x" end, 4) end,
       "schedule.from_alpha_bar: fn(0.25) returned string, expected a number")
-    expect_error(function() schedule.from_alpha_bar(42, 4) end, "schedule.from_alpha_bar: expected a function")
-    expect_error(function() schedule.from_alpha_bar(function(u) return 1 - u / 2 end, 0) end,
+    H.expect_error(function() schedule.from_alpha_bar(42, 4) end, "schedule.from_alpha_bar: expected a function")
+    H.expect_error(function() schedule.from_alpha_bar(function(u) return 1 - u / 2 end, 0) end,
       "schedule.from_alpha_bar: T must be an integer >= 1, got 0")
   end)
 
   it("from_betas: outside (0, 1], NaN, a beta of 1, empty, not 1-d", function()
-    expect_error(function() schedule.from_betas { 0.1, 1.5 } end, "schedule.from_betas: beta[2] = 1.5 is not in (0, 1]")
-    expect_error(function() schedule.from_betas { 0.1, 0 } end, "schedule.from_betas: beta[2] = 0 is not in (0, 1]")
-    expect_error(function() schedule.from_betas { -0.1 } end, "schedule.from_betas: beta[1] = -0.1 is not in (0, 1]")
-    expect_error(function() schedule.from_betas { 0.1, 0 / 0 } end, "schedule.from_betas: beta[2] is NaN")
-    expect_error(function() schedule.from_betas { 0.1, 1, 0.2 } end,
+    H.expect_error(function() schedule.from_betas { 0.1, 1.5 } end, "schedule.from_betas: beta[2] = 1.5 is not in (0, 1]")
+    H.expect_error(function() schedule.from_betas { 0.1, 0 } end, "schedule.from_betas: beta[2] = 0 is not in (0, 1]")
+    H.expect_error(function() schedule.from_betas { -0.1 } end, "schedule.from_betas: beta[1] = -0.1 is not in (0, 1]")
+    H.expect_error(function() schedule.from_betas { 0.1, 0 / 0 } end, "schedule.from_betas: beta[2] is NaN")
+    H.expect_error(function() schedule.from_betas { 0.1, 1, 0.2 } end,
       "schedule.from_betas: alpha_bar[2] = 0 is not in (0, 1] (beta[2] = 1 leaves no signal)")
-    expect_error(function() schedule.from_betas { 0.1, 1e-17 } end, "schedule.from_betas: alpha_bar[2] = ")
-    expect_error(function() schedule.from_betas {} end, "schedule.from_betas: T must be an integer >= 1, got 0")
-    expect_error(function() schedule.from_betas(D.zeros(2, 2)) end, "schedule.from_betas: expected a 1-d tensor of betas")
-    expect_error(function() schedule.from_betas { 0.1, "a" } end, "value 2 must be a number, got string")
-    expect_error(function() schedule.from_betas(0.1) end, "schedule.from_betas: expected a list or a 1-d tensor of betas")
+    H.expect_error(function() schedule.from_betas { 0.1, 1e-17 } end, "schedule.from_betas: alpha_bar[2] = ")
+    H.expect_error(function() schedule.from_betas {} end, "schedule.from_betas: T must be an integer >= 1, got 0")
+    H.expect_error(function() schedule.from_betas(D.zeros(2, 2)) end, "schedule.from_betas: expected a 1-d tensor of betas")
+    H.expect_error(function() schedule.from_betas { 0.1, "a" } end, "value 2 must be a number, got string")
+    H.expect_error(function() schedule.from_betas(0.1) end, "schedule.from_betas: expected a list or a 1-d tensor of betas")
   end)
 
   it("named kinds: T < 1, out-of-range parameters, unknown options", function()
-    expect_error(function() schedule.linear { T = 0 } end, "schedule.linear: T must be an integer >= 1, got 0")
-    expect_error(function() schedule.cosine { T = 10.5 } end, "schedule.cosine: T must be an integer >= 1, got 10.5")
-    expect_error(function() schedule.linear { beta_end = 2 } end, "schedule.linear: beta_end must be in (0, 1], got 2")
-    expect_error(function() schedule.scaled_linear { beta_start = 0 } end,
+    H.expect_error(function() schedule.linear { T = 0 } end, "schedule.linear: T must be an integer >= 1, got 0")
+    H.expect_error(function() schedule.cosine { T = 10.5 } end, "schedule.cosine: T must be an integer >= 1, got 10.5")
+    H.expect_error(function() schedule.linear { beta_end = 2 } end, "schedule.linear: beta_end must be in (0, 1], got 2")
+    H.expect_error(function() schedule.scaled_linear { beta_start = 0 } end,
       "schedule.scaled_linear: beta_start must be in (0, 1], got 0")
-    expect_error(function() schedule.linear { beta_start = 0 / 0 } end, "schedule.linear: beta_start must be in (0, 1], got")
-    expect_error(function() schedule.cosine { s = -0.1 } end, "schedule.cosine: s must be in [0, 1], got -0.1")
-    expect_error(function() schedule.cosine { max_beta = 1.5 } end, "schedule.cosine: max_beta must be in (0, 1], got 1.5")
-    expect_error(function() schedule.sigmoid { start = 3, stop = -3 } end,
+    H.expect_error(function() schedule.linear { beta_start = 0 / 0 } end, "schedule.linear: beta_start must be in (0, 1], got")
+    H.expect_error(function() schedule.cosine { s = -0.1 } end, "schedule.cosine: s must be in [0, 1], got -0.1")
+    H.expect_error(function() schedule.cosine { max_beta = 1.5 } end, "schedule.cosine: max_beta must be in (0, 1], got 1.5")
+    H.expect_error(function() schedule.sigmoid { start = 3, stop = -3 } end,
       "schedule.sigmoid: expected finite start < stop, got 3 and -3")
-    expect_error(function() schedule.sigmoid { tau = 0 } end, "schedule.sigmoid: tau must be a finite number > 0, got 0")
-    expect_error(function() schedule.linear { beta_star = 0.1 } end, "schedule.linear: unknown option 'beta_star'")
-    expect_error(function() schedule.linear { T = "10" } end, "schedule.linear: option 'T' must be a number, got string")
-    expect_error(function() schedule.linear(5) end, "schedule.linear: expected a table of options, got number")
+    H.expect_error(function() schedule.sigmoid { tau = 0 } end, "schedule.sigmoid: tau must be a finite number > 0, got 0")
+    H.expect_error(function() schedule.linear { beta_star = 0.1 } end, "schedule.linear: unknown option 'beta_star'")
+    H.expect_error(function() schedule.linear { T = "10" } end, "schedule.linear: option 'T' must be a number, got string")
+    H.expect_error(function() schedule.linear(5) end, "schedule.linear: expected a table of options, got number")
   end)
 end)

@@ -1,50 +1,22 @@
 -- The thread pool: the thread count setting, and results that do not depend
 -- on it.
 local D = require "diffusion"
-
-local function error_of(fn, ...)
-  local args = table.pack(...)
-  assert.has_error(function() fn(table.unpack(args, 1, args.n)) end)
-  local ok, err = pcall(fn, table.unpack(args, 1, args.n))
-  assert.is_false(ok)
-  return tostring(err)
-end
-
-local function assert_error_with(needle, fn, ...)
-  local msg = error_of(fn, ...)
-  assert(msg:find(needle, 1, true), ("expected %q in the error message, got %q"):format(needle, msg))
-end
-
--- Runs fn at n threads and restores the previous count, even on failure.
-local function with_threads(n, fn)
-  local prev = D.get_num_threads()
-  D.set_num_threads(n)
-  local r = table.pack(pcall(fn))
-  D.set_num_threads(prev)
-  if not r[1] then error(r[2], 0) end
-  return table.unpack(r, 2, r.n)
-end
+local H = require "helpers"
 
 -- Runs fn at 1, 2 and 3 threads; returns the three lists of results.
 local function at_thread_counts(fn)
   local out = {}
   for _, n in ipairs { 1, 2, 3 } do
-    out[#out + 1] = table.pack(with_threads(n, fn))
+    out[#out + 1] = table.pack(H.with_threads(n, fn))
   end
   return out
-end
-
-local function assert_identical(a, b, what)
-  assert.are.same(a:shape(), b:shape())
-  local nd = a:ne(b):sum():item()
-  assert(nd == 0, ("%s: %d elements differ"):format(what or "tensor", nd))
 end
 
 local function assert_all_identical(runs)
   local ref = runs[1]
   for r = 2, #runs do
     assert.are.equal(ref.n, runs[r].n)
-    for i = 1, ref.n do assert_identical(ref[i], runs[r][i], ("result %d at run %d"):format(i, r)) end
+    for i = 1, ref.n do H.assert_identical(ref[i], runs[r][i], ("result %d at run %d"):format(i, r)) end
   end
 end
 
@@ -81,11 +53,11 @@ describe("threads", function()
     finally(function() D.set_num_threads(prev) end)
     D.set_num_threads(2)
     for _, bad in ipairs { 0, -1, 257, 1000 } do
-      assert_error_with("expected 1 to 256 threads", D.set_num_threads, bad)
+      H.assert_error_with_twice("expected 1 to 256 threads", D.set_num_threads, bad)
       assert.are.equal(2, D.get_num_threads())
     end
-    assert_error_with("number expected", D.set_num_threads, "x")
-    assert_error_with("integer", D.set_num_threads, 1.5)
+    H.assert_error_with_twice("number expected", D.set_num_threads, "x")
+    H.assert_error_with_twice("integer", D.set_num_threads, 1.5)
     assert.has_error(function() D.set_num_threads() end)
     assert.has_error(function() D.set_num_threads(0 / 0) end)
     assert.are.equal(2, D.get_num_threads())
@@ -136,7 +108,7 @@ describe("threads", function()
 
     it("reductions agree with the flat formula", function()
       local x = D.arange(1, 400001) -- 1 .. 400000, exact in float32
-      local s, m, am = with_threads(2, function() return x:sum():item(), x:max():item(), x:argmax():item() end)
+      local s, m, am = H.with_threads(2, function() return x:sum():item(), x:max():item(), x:argmax():item() end)
       -- summed in double, then rounded once to float32
       local exact = string.unpack("f", string.pack("f", 400000 * 400001 / 2))
       assert.are.equal(exact, s)
@@ -153,9 +125,9 @@ describe("threads", function()
       local ab = D.randn(4, 64, 96)
       local bb = D.randn(96, 80)
       for _, threads in ipairs({ 1, 2 }) do
-        local first = { with_threads(threads, function() return D.matmul(a, b), D.matmul(b:t(), a:t()), D.matmul(ab, bb) end) }
-        local again = { with_threads(threads, function() return D.matmul(a, b), D.matmul(b:t(), a:t()), D.matmul(ab, bb) end) }
-        for i = 1, 3 do assert_identical(first[i], again[i], ("matmul %d at %d threads"):format(i, threads)) end
+        local first = { H.with_threads(threads, function() return D.matmul(a, b), D.matmul(b:t(), a:t()), D.matmul(ab, bb) end) }
+        local again = { H.with_threads(threads, function() return D.matmul(a, b), D.matmul(b:t(), a:t()), D.matmul(ab, bb) end) }
+        for i = 1, 3 do H.assert_identical(first[i], again[i], ("matmul %d at %d threads"):format(i, threads)) end
       end
     end)
 

@@ -1,11 +1,6 @@
 -- The U-Net: shapes, parameter names, gradients, modes and bad input.
 local D = require "diffusion"
-
-local function expect_error(fn, needle)
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "expected an error containing: " .. needle)
-  assert.is_truthy(tostring(err):find(needle, 1, true), "error message was: " .. tostring(err))
-end
+local H = require "helpers"
 
 local tiny = { channels = 4, groups = 2, mult = { 1, 2 }, res_blocks = 1, attention = { 4 }, image_size = 8, dropout = 0 }
 
@@ -130,21 +125,21 @@ describe("UNet", function()
   end)
 
   it("rejects bad configurations and inputs", function()
-    expect_error(function() D.UNet(with(tiny, { groups = 3 })) end, "not divisible by 3 groups")
-    expect_error(function() D.UNet(with(tiny, { heads = 3 })) end, "not divisible by 3 heads")
-    expect_error(function() D.UNet(with(tiny, { mult = {} })) end, "mult must list 1 to 8 levels")
-    expect_error(function() D.UNet(with(tiny, { dropout = 1 })) end, "dropout must be in [0, 1)")
-    expect_error(function() D.UNet(with(tiny, { channels = 2.5 })) end, "channels must be an integer")
-    expect_error(function() D.UNet(with(tiny, { image_size = 6, mult = { 1, 2, 2 } })) end, "image_size 6 must be divisible by")
-    expect_error(function() D.UNet(with(tiny, { colour = 1 })) end, "unknown config field 'colour'")
+    H.expect_error(function() D.UNet(with(tiny, { groups = 3 })) end, "not divisible by 3 groups")
+    H.expect_error(function() D.UNet(with(tiny, { heads = 3 })) end, "not divisible by 3 heads")
+    H.expect_error(function() D.UNet(with(tiny, { mult = {} })) end, "mult must list 1 to 8 levels")
+    H.expect_error(function() D.UNet(with(tiny, { dropout = 1 })) end, "dropout must be in [0, 1)")
+    H.expect_error(function() D.UNet(with(tiny, { channels = 2.5 })) end, "channels must be an integer")
+    H.expect_error(function() D.UNet(with(tiny, { image_size = 6, mult = { 1, 2, 2 } })) end, "image_size 6 must be divisible by")
+    H.expect_error(function() D.UNet(with(tiny, { colour = 1 })) end, "unknown config field 'colour'")
     local m = D.UNet(tiny)
-    expect_error(function() m(D.randn(2, 3, 8, 8), 1) end, "x must be (N, 1, H, W), got {2,3,8,8}")
-    expect_error(function() m(D.randn(2, 1, 5, 5), 1) end, "image size 5x5 must be a multiple of 2")
-    expect_error(function() m(D.randn(2, 1, 8, 8), D.tensor{ 1, 2, 3 }) end, "t must be (N) = (2)")
-    expect_error(function() m(D.randn(2, 1, 8, 8), 1, 1) end, "class labels given to an unconditional model")
+    H.expect_error(function() m(D.randn(2, 3, 8, 8), 1) end, "x must be (N, 1, H, W), got {2,3,8,8}")
+    H.expect_error(function() m(D.randn(2, 1, 5, 5), 1) end, "image size 5x5 must be a multiple of 2")
+    H.expect_error(function() m(D.randn(2, 1, 8, 8), D.tensor{ 1, 2, 3 }) end, "t must be (N) = (2)")
+    H.expect_error(function() m(D.randn(2, 1, 8, 8), 1, 1) end, "class labels given to an unconditional model")
     local c = D.UNet(with(tiny, { num_classes = 2 }))
-    expect_error(function() c(D.randn(2, 1, 8, 8), 1, D.tensor{ 1, 4 }) end, "class labels must be in 1..3 (3 = null), got 1..4")
-    expect_error(function() c(D.randn(2, 1, 8, 8), 1, D.tensor{ 0, 1 }) end, "class labels must be in 1..3")
+    H.expect_error(function() c(D.randn(2, 1, 8, 8), 1, D.tensor{ 1, 4 }) end, "class labels must be in 1..3 (3 = null), got 1..4")
+    H.expect_error(function() c(D.randn(2, 1, 8, 8), 1, D.tensor{ 0, 1 }) end, "class labels must be in 1..3")
   end)
 
   it("round-trips its weights through a state_dict", function()

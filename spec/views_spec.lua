@@ -2,13 +2,7 @@
 -- unsqueeze, expand/expand_as, contiguous, flatten, strides, and storage
 -- sharing between views and their base.
 local D = require "diffusion"
-
-local function expect_error(fn, needle)
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "expected an error containing: " .. needle)
-  err = tostring(err)
-  assert.is_truthy(err:find(needle, 1, true), "error message was: " .. err)
-end
+local H = require "helpers"
 
 -- {{0,1,2,3},{4,5,6,7},{8,9,10,11}}
 local function m34() return D.arange(12):view(3, 4) end
@@ -41,17 +35,17 @@ describe("view", function()
   end)
 
   it("rejects a shape with the wrong element count", function()
-    expect_error(function() return D.arange(6):view(4, 2) end,
+    H.expect_error(function() return D.arange(6):view(4, 2) end,
       "view: shape {4,2} (8 elements) does not match tensor of shape {6} (6 elements)")
-    expect_error(function() return D.arange(6):view(4, -1) end, "view: cannot infer -1 in shape {4,-1} for 6 elements")
-    expect_error(function() return D.arange(6):view(-1, -1) end, "view: only one size may be -1")
-    expect_error(function() return D.arange(6):view(-2, -3) end, "view: size -2 of dim 1 is negative")
-    expect_error(function() return D.arange(6):view({ 2, 1.5 }) end, "sizes must be integers")
+    H.expect_error(function() return D.arange(6):view(4, -1) end, "view: cannot infer -1 in shape {4,-1} for 6 elements")
+    H.expect_error(function() return D.arange(6):view(-1, -1) end, "view: only one size may be -1")
+    H.expect_error(function() return D.arange(6):view(-2, -3) end, "view: size -2 of dim 1 is negative")
+    H.expect_error(function() return D.arange(6):view({ 2, 1.5 }) end, "sizes must be integers")
   end)
 
   it("of a non-contiguous tensor errors and says to use reshape", function()
     local t = m34():t()
-    expect_error(function() return t:view(12) end,
+    H.expect_error(function() return t:view(12) end,
       "view: cannot view tensor of shape {4,3} as {12} without copying (use reshape)")
   end)
 
@@ -61,7 +55,7 @@ describe("view", function()
     assert.is_true(v:same_storage(t))
     assert.are.same({ 4, 12, 2, 1 }, v:stride())
     assert.are.same(t:reshape(3, 2, 2, 2):totable(), v:totable())
-    expect_error(function() return t:view(6, 4) end, "use reshape")
+    H.expect_error(function() return t:view(6, 4) end, "use reshape")
   end)
 end)
 
@@ -101,7 +95,7 @@ describe("transpose, t, permute", function()
   end)
 
   it("t needs a 2-d tensor", function()
-    expect_error(function() return D.zeros(2, 3, 4):t() end, "t: expected a 2-d tensor, got 3-d")
+    H.expect_error(function() return D.zeros(2, 3, 4):t() end, "t: expected a 2-d tensor, got 3-d")
   end)
 
   it("transpose takes any two dims, negative ones from the end", function()
@@ -112,7 +106,7 @@ describe("transpose, t, permute", function()
     assert.are.equal(x:get(2, 3, 1), y:get(1, 3, 2))
     assert.are.same(y:totable(), x:transpose(1, -1):totable())
     assert.are.same(x:totable(), x:transpose(2, 2):totable())
-    expect_error(function() return x:transpose(1, 4) end, "dim 4 out of range for a 3-d tensor")
+    H.expect_error(function() return x:transpose(1, 4) end, "dim 4 out of range for a 3-d tensor")
   end)
 
   it("permute moves dims (varargs or table)", function()
@@ -131,9 +125,9 @@ describe("transpose, t, permute", function()
 
   it("permute rejects non-permutations", function()
     local x = D.zeros(2, 3)
-    expect_error(function() return x:permute(1, 1) end, "permute: expected a permutation of 1..2")
-    expect_error(function() return x:permute(1) end, "permute: expected 2 dims for a 2-d tensor, got 1")
-    expect_error(function() return x:permute(1, 3) end, "dim 3 out of range for a 2-d tensor")
+    H.expect_error(function() return x:permute(1, 1) end, "permute: expected a permutation of 1..2")
+    H.expect_error(function() return x:permute(1) end, "permute: expected 2 dims for a 2-d tensor, got 1")
+    H.expect_error(function() return x:permute(1, 3) end, "dim 3 out of range for a 2-d tensor")
   end)
 end)
 
@@ -152,9 +146,9 @@ describe("narrow", function()
   end)
 
   it("errors when the range overruns", function()
-    expect_error(function() return m34():narrow(1, 2, 3) end,
+    H.expect_error(function() return m34():narrow(1, 2, 3) end,
       "narrow: start 2 and length 3 out of bounds for dim 1 of size 3")
-    expect_error(function() return m34():narrow(1, 4, 1) end, "index 4 out of range for a dim of size 3")
+    H.expect_error(function() return m34():narrow(1, 4, 1) end, "index 4 out of range for a dim of size 3")
   end)
 end)
 
@@ -206,8 +200,8 @@ describe("slice", function()
   end)
 
   it("rejects a step below 1", function()
-    expect_error(function() return x:slice(1, 1, 5, 0) end, "slice: step must be positive, got 0")
-    expect_error(function() return x:slice(1, 5, 1, -1) end, "slice: step must be positive, got -1")
+    H.expect_error(function() return x:slice(1, 1, 5, 0) end, "slice: step must be positive, got 0")
+    H.expect_error(function() return x:slice(1, 5, 1, -1) end, "slice: step must be positive, got -1")
   end)
 end)
 
@@ -228,8 +222,8 @@ describe("select", function()
   end)
 
   it("rejects out-of-range indices", function()
-    expect_error(function() return m34():select(1, 4) end, "index 4 out of range for a dim of size 3")
-    expect_error(function() return m34():select(2, 0) end, "index 0 out of range for a dim of size 4")
+    H.expect_error(function() return m34():select(1, 4) end, "index 4 out of range for a dim of size 3")
+    H.expect_error(function() return m34():select(2, 0) end, "index 0 out of range for a dim of size 4")
   end)
 end)
 
@@ -249,7 +243,7 @@ describe("squeeze and unsqueeze", function()
     assert.are.same({ 1, 2, 3 }, x:squeeze(-2):shape())
     assert.are.same({ 2, 1, 3 }, x:squeeze(1):shape())
     assert.are.same({ 1, 2, 1, 3 }, x:squeeze(2):shape())
-    expect_error(function() return x:squeeze(5) end, "dim 5 out of range for a 4-d tensor")
+    H.expect_error(function() return x:squeeze(5) end, "dim 5 out of range for a 4-d tensor")
   end)
 
   it("unsqueeze inserts a size-1 dim", function()
@@ -266,7 +260,7 @@ describe("squeeze and unsqueeze", function()
     assert.are.same({ 2, 3, 1 }, x:unsqueeze(-1):shape())
     assert.are.same({ { { 1 }, { 2 }, { 3 } }, { { 4 }, { 5 }, { 6 } } }, x:unsqueeze(-1):totable())
     assert.are.same({ 1 }, D.tensor(7):unsqueeze(-1):shape())
-    expect_error(function() return x:unsqueeze(4) end, "dim 4 out of range for a 2-d tensor")
+    H.expect_error(function() return x:unsqueeze(4) end, "dim 4 out of range for a 2-d tensor")
   end)
 
   it("unsqueeze of a non-contiguous tensor keeps the values", function()
@@ -300,8 +294,8 @@ describe("expand", function()
   end)
 
   it("rejects incompatible shapes", function()
-    expect_error(function() return D.zeros(2, 3):expand(3, 3) end, "expand: cannot expand shape {2,3} to {3,3}")
-    expect_error(function() return D.zeros(2, 3):expand(3) end, "expand: cannot expand shape {2,3} to 1 dims")
+    H.expect_error(function() return D.zeros(2, 3):expand(3, 3) end, "expand: cannot expand shape {2,3} to {3,3}")
+    H.expect_error(function() return D.zeros(2, 3):expand(3) end, "expand: cannot expand shape {2,3} to 1 dims")
   end)
 
   it("sees writes to its base", function()
@@ -313,13 +307,13 @@ describe("expand", function()
 
   it("cannot be written into", function()
     local e = D.zeros(1):expand(3)
-    expect_error(function() e:fill_(1) end, "fill_: cannot write in place into an expanded tensor")
-    expect_error(function() e:zero_() end, "cannot write in place into an expanded tensor")
-    expect_error(function() e:copy_(D.ones(3)) end, "copy_: cannot write in place into an expanded tensor")
-    expect_error(function() e:add_(1) end, "add: cannot write in place into an expanded tensor")
+    H.expect_error(function() e:fill_(1) end, "fill_: cannot write in place into an expanded tensor")
+    H.expect_error(function() e:zero_() end, "cannot write in place into an expanded tensor")
+    H.expect_error(function() e:copy_(D.ones(3)) end, "copy_: cannot write in place into an expanded tensor")
+    H.expect_error(function() e:add_(1) end, "add: cannot write in place into an expanded tensor")
     local m = D.zeros(2, 1):expand(2, 3)
-    expect_error(function() m[1] = 5 end, "fill_: cannot write in place into an expanded tensor")
-    expect_error(function() m[1] = D.ones(3) end, "copy_: cannot write in place into an expanded tensor")
+    H.expect_error(function() m[1] = 5 end, "fill_: cannot write in place into an expanded tensor")
+    H.expect_error(function() m[1] = D.ones(3) end, "copy_: cannot write in place into an expanded tensor")
     assert.are.same({ { 0 }, { 0 } }, D.zeros(2, 1):totable())
   end)
 

@@ -9,14 +9,7 @@
 -- backward computed: |analytic - numeric| <= atol + rtol * |numeric|.
 -- Tensors are float32, so eps and the tolerances are per op (see the specs).
 local core = require "diffusion.core"
-
-local function no_grad(fn)
-  local previous = core.set_grad_enabled(false)
-  local ok, value = pcall(fn)
-  core.set_grad_enabled(previous)
-  if not ok then error(value, 0) end
-  return value
-end
+local no_grad = require("diffusion.util").no_grad
 
 -- sum(y * r) in double precision
 local function project(y, r)

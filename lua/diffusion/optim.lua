@@ -17,23 +17,12 @@
 -- with grad mode off (restored even when a step raises), so an update is
 -- never recorded in the autograd graph.
 local core = require "diffusion.core"
+local util = require "diffusion.util"
 
 local optim = {}
 
-local Tensor_mt = core._Tensor_mt
-
-local function is_tensor(x) return getmetatable(x) == Tensor_mt end
-
-local function shape_string(t) return "{" .. table.concat(t:shape(), ",") .. "}" end
-
--- fn(...) with grad mode off; the mode is restored whatever happens.
-local function no_grad(fn, ...)
-  local previous = core.set_grad_enabled(false)
-  local result = table.pack(pcall(fn, ...))
-  core.set_grad_enabled(previous)
-  if not result[1] then error(result[2], 0) end
-  return table.unpack(result, 2, result.n)
-end
+-- shape_string takes the tensors themselves here; no_grad restores the mode whatever happens
+local is_tensor, shape_string, no_grad = util.is_tensor, util.shape_string, util.no_grad
 
 local function clone(t) return no_grad(function() return t:detach():clone() end) end
 

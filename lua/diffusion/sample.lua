@@ -29,6 +29,7 @@
 --                     every `trajectory_every` steps (default 1) and after the last
 local core = require "diffusion.core"
 local new_progress = require "diffusion.progress"
+local util = require "diffusion.util"
 
 local sample = {}
 
@@ -59,7 +60,7 @@ local KNOWN = {
   progress = true, callback = true, trajectory = true, trajectory_every = true,
 }
 
-local function is_tensor(v) return type(v) == "userdata" and getmetatable(v) == core._Tensor_mt end
+local is_tensor = util.is_tensor
 
 local function is_callable(f)
   if type(f) == "function" then return true end
@@ -142,7 +143,7 @@ end
 
 --- the loop -----------------------------------------------------------------------
 
-local function shape_string(t) return "{" .. table.concat(t, ",") .. "}" end
+local shape_string = util.shape_string
 
 -- The model's prediction for x at timestep t (with guidance: one call on 2n).
 local function predict(name, model, x, t, o)
