@@ -1,12 +1,8 @@
 -- Checkpoints of nested tables, and the training loop: it learns, it resumes
 -- exactly, and it names its bad options.
 local D = require "diffusion"
-
-local function expect_error(fn, needle)
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "expected an error containing: " .. needle)
-  assert.is_truthy(tostring(err):find(needle, 1, true), "error message was: " .. tostring(err))
-end
+local H = require "helpers"
+local expect_error = H.expect_error
 
 local function tmp()
   local p = os.tmpname()

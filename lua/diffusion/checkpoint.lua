@@ -11,12 +11,13 @@
 -- open the file and read the weights, and numbers round-trip exactly. The
 -- write is atomic: a failed save leaves the previous file as it was.
 local core = require "diffusion.core"
+local util = require "diffusion.util"
 
 local checkpoint = {}
 
 local FORMAT = "diffusion-checkpoint-1"
 
-local function is_tensor(v) return getmetatable(v) == core._Tensor_mt end
+local is_tensor = util.is_tensor
 
 local function key_string(k, path)
   if math.type(k) == "integer" then return "#" .. k end
