@@ -66,6 +66,12 @@ int df_get_num_threads(void);
  * in. What a task computes must depend only on its index, never on which
  * thread ran it. A nested call runs inline. */
 void df_parallel_for(int64_t ntasks, void (*fn)(int64_t task, void *ctx), void *ctx);
+/* Work below this many elements (or element-sized steps) stays on one thread. */
+#define DF_PARALLEL_GRAIN 32768
+/* How to cut `items` units of work costing `cost` elements each: returns the
+ * number of tasks (at most one per thread, each worth at least
+ * DF_PARALLEL_GRAIN) and sets *per_task to the units per task. */
+int64_t df_task_split(int64_t items, int64_t cost, int64_t *per_task);
 
 /* ---- storage and tensors (core/tensor.c) -------------------------------- */
 

@@ -9,7 +9,7 @@
 #include "../df.h"
 
 #define DF_ITER_MAX_OPS 4
-#define DF_ITER_GRAIN 32768 /* elements per task, below which threads cost more than they give */
+#define DF_ITER_GRAIN DF_PARALLEL_GRAIN /* elements per task, below which threads cost more than they give */
 
 typedef struct {
   int nop;

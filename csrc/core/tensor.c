@@ -355,7 +355,7 @@ df_status df_tensor_view(df_tensor **out, const df_tensor *t, int ndim, const in
     return df_error(DF_EINVAL, "view: cannot view tensor of shape %s as %s without copying (use reshape)",
                     df_format_shape(b1, sizeof b1, t->ndim, t->size), df_format_shape(b2, sizeof b2, ndim, resolved));
   }
-  df_tensor *v;
+  df_tensor *v = NULL;
   if ((st = view_of(&v, t, "view"))) return st;
   v->ndim = ndim;
   for (int d = 0; d < ndim; d++) {
@@ -380,7 +380,7 @@ df_status df_tensor_reshape(df_tensor **out, const df_tensor *t, int ndim, const
 df_status df_tensor_transpose(df_tensor **out, const df_tensor *t, int d0, int d1) {
   df_status st;
   if ((st = check_dim("transpose", t, d0, 0)) || (st = check_dim("transpose", t, d1, 0))) return st;
-  df_tensor *v;
+  df_tensor *v = NULL;
   if ((st = view_of(&v, t, "transpose"))) return st;
   v->size[d0] = t->size[d1];
   v->size[d1] = t->size[d0];
@@ -398,7 +398,7 @@ df_status df_tensor_permute(df_tensor **out, const df_tensor *t, const int *perm
                       t->ndim, perm[d] + 1);
     seen[perm[d]] = true;
   }
-  df_tensor *v;
+  df_tensor *v = NULL;
   df_status st = view_of(&v, t, "permute");
   if (st) return st;
   int64_t dims[DF_MAX_DIMS];
@@ -417,7 +417,7 @@ df_status df_tensor_slice(df_tensor **out, const df_tensor *t, int dim, int64_t 
   if (start < 0 || stop < start || stop > t->size[dim])
     return df_error(DF_EINVAL, "slice: range [%lld, %lld) out of bounds for dim %d of size %lld", (long long)start + 1,
                     (long long)stop + 1, dim + 1, (long long)t->size[dim]);
-  df_tensor *v;
+  df_tensor *v = NULL;
   if ((st = view_of(&v, t, "slice"))) return st;
   v->offset += start * t->stride[dim];
   v->size[dim] = (stop - start + step - 1) / step;
@@ -441,7 +441,7 @@ df_status df_tensor_select(df_tensor **out, const df_tensor *t, int dim, int64_t
   if (index < 0 || index >= t->size[dim])
     return df_error(DF_EINVAL, "select: index %lld out of range for dim %d of size %lld", (long long)index + 1, dim + 1,
                     (long long)t->size[dim]);
-  df_tensor *v;
+  df_tensor *v = NULL;
   if ((st = view_of(&v, t, "select"))) return st;
   v->offset += index * t->stride[dim];
   for (int d = dim; d < t->ndim - 1; d++) {
@@ -456,7 +456,7 @@ df_status df_tensor_select(df_tensor **out, const df_tensor *t, int dim, int64_t
 df_status df_tensor_squeeze(df_tensor **out, const df_tensor *t, int dim) {
   df_status st;
   if (dim >= 0 && (st = check_dim("squeeze", t, dim, 0))) return st;
-  df_tensor *v;
+  df_tensor *v = NULL;
   if ((st = view_of(&v, t, "squeeze"))) return st;
   int n = 0;
   for (int d = 0; d < t->ndim; d++) {
@@ -474,7 +474,7 @@ df_status df_tensor_unsqueeze(df_tensor **out, const df_tensor *t, int dim) {
   df_status st = check_dim("unsqueeze", t, dim, 1);
   if (st) return st;
   if (t->ndim >= DF_MAX_DIMS) return df_error(DF_EINVAL, "unsqueeze: a tensor has at most %d dims", DF_MAX_DIMS);
-  df_tensor *v;
+  df_tensor *v = NULL;
   if ((st = view_of(&v, t, "unsqueeze"))) return st;
   for (int d = t->ndim; d > dim; d--) {
     v->size[d] = t->size[d - 1];
@@ -513,7 +513,7 @@ df_status df_tensor_expand(df_tensor **out, const df_tensor *t, int ndim, const 
   }
   df_status st = df_check_shape("expand", ndim, new_size, NULL);
   if (st) return st;
-  df_tensor *v;
+  df_tensor *v = NULL;
   if ((st = view_of(&v, t, "expand"))) return st;
   v->ndim = ndim;
   memcpy(v->size, new_size, sizeof(int64_t) * (size_t)ndim);
@@ -711,7 +711,7 @@ static df_status element_offset(const char *op, const df_tensor *t, const int64_
 }
 
 df_status df_tensor_get(const df_tensor *t, const int64_t *index, float *value) {
-  int64_t off;
+  int64_t off = 0;
   df_status st = element_offset("get", t, index, &off);
   if (st) return st;
   *value = t->storage->data[off];
@@ -719,7 +719,7 @@ df_status df_tensor_get(const df_tensor *t, const int64_t *index, float *value) 
 }
 
 df_status df_tensor_set(df_tensor *t, const int64_t *index, float value) {
-  int64_t off;
+  int64_t off = 0;
   df_status st;
   if (df_needs_grad(t)) return df_check_inplace("set", t);
   if ((st = element_offset("set", t, index, &off))) return st;

@@ -99,6 +99,16 @@ df_status df_set_num_threads(int n) {
   return DF_OK;
 }
 
+int64_t df_task_split(int64_t items, int64_t cost, int64_t *per_task) {
+  int64_t threads = df_get_num_threads();
+  int64_t per = (items + threads - 1) / threads;
+  int64_t min_items = cost > 0 ? (DF_PARALLEL_GRAIN + cost - 1) / cost : items;
+  if (per < min_items) per = min_items;
+  if (per < 1) per = 1;
+  *per_task = per;
+  return items > 0 ? (items + per - 1) / per : 0;
+}
+
 int df_get_num_threads(void) {
   ensure_init();
   return pool.nthreads;

@@ -115,7 +115,7 @@ static df_tensor *param(builder *b, const char *prefix, const char *name, int nd
 
 /* conv: (cout, cin, k, k) weights and a bias, bound 1/sqrt(fan_in) */
 static affine_t conv(builder *b, const char *prefix, int cin, int cout, int k) {
-  char p[128];
+  char p[160]; /* room for a 128-byte prefix and the dot */
   snprintf(p, sizeof p, "%s.", prefix);
   int64_t ws[4] = {cout, cin, k, k}, bs[1] = {cout};
   float bound = 1.0f / sqrtf((float)(cin * k * k));
@@ -124,7 +124,7 @@ static affine_t conv(builder *b, const char *prefix, int cin, int cout, int k) {
 }
 
 static affine_t linear(builder *b, const char *prefix, int cin, int cout) {
-  char p[128];
+  char p[160]; /* room for a 128-byte prefix and the dot */
   snprintf(p, sizeof p, "%s.", prefix);
   int64_t ws[2] = {cout, cin}, bs[1] = {cout};
   float bound = 1.0f / sqrtf((float)cin);
@@ -133,7 +133,7 @@ static affine_t linear(builder *b, const char *prefix, int cin, int cout) {
 }
 
 static affine_t norm(builder *b, const char *prefix, int ch) {
-  char p[128];
+  char p[160]; /* room for a 128-byte prefix and the dot */
   snprintf(p, sizeof p, "%s.", prefix);
   int64_t s[1] = {ch};
   affine_t a = {param(b, p, "weight", 1, s, 0, 1.0f), param(b, p, "bias", 1, s, 0, 0.0f)};

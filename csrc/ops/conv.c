@@ -133,17 +133,6 @@ typedef struct {
   int64_t ld, per_task, items; /* items = images * C */
 } col_job;
 
-/* Tasks of at least DF_ITER_GRAIN elements, at most one per thread. */
-static int64_t split(int64_t items, int64_t cost, int64_t *per_task) {
-  int64_t threads = df_get_num_threads();
-  int64_t per = (items + threads - 1) / threads;
-  int64_t min_items = cost > 0 ? (DF_ITER_GRAIN + cost - 1) / cost : items;
-  if (per < min_items) per = min_items;
-  if (per < 1) per = 1;
-  *per_task = per;
-  return (items + per - 1) / per;
-}
-
 static void im2col_task(int64_t task, void *arg) {
   const col_job *j = arg;
   const conv_geom *g = j->g;
@@ -212,12 +201,12 @@ static void col2im_task(int64_t task, void *arg) {
 
 static void im2col(const conv_geom *g, const float *x, int64_t images, float *col) {
   col_job j = {.g = g, .x = x, .col = col, .ld = images * g->l, .items = images * g->c};
-  df_parallel_for(split(j.items, g->kh * g->kw * g->l, &j.per_task), im2col_task, &j);
+  df_parallel_for(df_task_split(j.items, g->kh * g->kw * g->l, &j.per_task), im2col_task, &j);
 }
 
 static void col2im(const conv_geom *g, const float *col, int64_t images, float *dx) {
   col_job j = {.g = g, .col = (float *)col, .dx = dx, .ld = images * g->l, .items = images * g->c};
-  df_parallel_for(split(j.items, g->kh * g->kw * g->l, &j.per_task), col2im_task, &j);
+  df_parallel_for(df_task_split(j.items, g->kh * g->kw * g->l, &j.per_task), col2im_task, &j);
 }
 
 /* (N, O, L) rows of images n0.. into the chunk layout (O, images * L), and back */
@@ -245,7 +234,7 @@ static void gather_task(int64_t task, void *arg) {
 
 static void gather(const conv_geom *g, float *chunk, float *nol, int64_t images, bool to_chunk, bool accumulate) {
   gather_job j = {.g = g, .chunk = chunk, .nol = nol, .images = images, .to_chunk = to_chunk, .accumulate = accumulate};
-  df_parallel_for(split(images * g->o, g->l, &j.per_task), gather_task, &j);
+  df_parallel_for(df_task_split(images * g->o, g->l, &j.per_task), gather_task, &j);
 }
 
 /* Images per chunk: the column and output blocks stay within a few MiB. */
@@ -379,7 +368,7 @@ static df_status bw_conv2d(df_node *node, const df_tensor *grad, df_tensor **gi)
   }
   if (need_b) {
     bias_job j = {.g = &g, .dout = gp, .db = df_tensor_data(db)};
-    df_parallel_for(split(g.o, g.n * g.l, &j.per_task), bias_task, &j);
+    df_parallel_for(df_task_split(g.o, g.n * g.l, &j.per_task), bias_task, &j);
   }
 done:
   df_free(col);

@@ -44,11 +44,9 @@ static void range_task(int64_t task, void *arg) {
 static void parallel_range(int64_t items, int64_t cost, range_fn fn, void *ctx) {
   if (items <= 0) return;
   if (cost < 1) cost = 1;
-  int64_t threads = df_get_num_threads();
-  int64_t per_task = (items + threads - 1) / threads, min_items = (DF_ITER_GRAIN + cost - 1) / cost;
-  if (per_task < min_items) per_task = min_items;
-  range_job j = {.fn = fn, .ctx = ctx, .items = items, .per_task = per_task};
-  df_parallel_for((items + per_task - 1) / per_task, range_task, &j);
+  range_job j = {.fn = fn, .ctx = ctx, .items = items};
+  int64_t ntasks = df_task_split(items, cost, &j.per_task);
+  df_parallel_for(ntasks, range_task, &j);
 }
 
 /* C (m x n) = alpha op(A) op(B) + beta C, row-major. Empty products are

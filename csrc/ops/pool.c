@@ -12,17 +12,6 @@
 #include "../core/iter.h"
 #include "../df.h"
 
-/* Tasks of at least DF_ITER_GRAIN elements, at most one per thread. */
-static int64_t split(int64_t items, int64_t cost, int64_t *per_task) {
-  int64_t threads = df_get_num_threads();
-  int64_t per = (items + threads - 1) / threads;
-  int64_t min_items = cost > 0 ? (DF_ITER_GRAIN + cost - 1) / cost : items;
-  if (per < min_items) per = min_items;
-  if (per < 1) per = 1;
-  *per_task = per;
-  return (items + per - 1) / per;
-}
-
 typedef struct {
   int64_t planes, h, w, oh, ow;
   int64_t kh, kw, sh, sw, ph, pw; /* avg_pool2d; kh, kw are the scale for upsampling */
@@ -51,7 +40,7 @@ static df_status run_planes(df_tensor **out, const df_tensor *src_in, const int6
   }
   j->src = df_tensor_data(src);
   j->dst = df_tensor_data(dst);
-  df_parallel_for(split(j->planes, cost, &j->per_task), task, j);
+  df_parallel_for(df_task_split(j->planes, cost, &j->per_task), task, j);
   df_tensor_release(src);
   *out = dst;
   return DF_OK;
