@@ -11,7 +11,8 @@
 #include "../df.h"
 
 #define GEMM_MIN_WORK ((int64_t)1 << 18) /* multiply-adds below which one call does it all */
-#define GEMM_MIN_BLOCK 128               /* rows or columns per block, at least: each block repacks the other operand */
+#define GEMM_BLOCK 512   /* columns (or rows) per block: each block repacks the other operand */
+#define GEMM_MIN_BLOCK 128 /* but mid-size products still get two blocks, for two threads */
 #define GEMM_MAX_BLOCKS 16
 
 typedef struct {
@@ -47,10 +48,10 @@ void df_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, con
   if (m <= 0 || n <= 0) return;
   gemm_job j = {ta, tb, n >= m, m, n, k, lda, ldb, ldc, 0, alpha, beta, A, B, C};
   int64_t dim = j.split_n ? n : m, work = m * n * (k > 0 ? k : 1);
-  int64_t blocks = work / GEMM_MIN_WORK;
-  if (blocks > dim / GEMM_MIN_BLOCK) blocks = dim / GEMM_MIN_BLOCK;
+  int64_t blocks = dim / GEMM_BLOCK;
+  if (blocks < 2 && dim >= 2 * GEMM_MIN_BLOCK) blocks = 2;
   if (blocks > GEMM_MAX_BLOCKS) blocks = GEMM_MAX_BLOCKS;
-  if (blocks < 1) blocks = 1;
+  if (blocks < 1 || work < GEMM_MIN_WORK) blocks = 1;
   j.block = (dim + blocks - 1) / blocks;
   df_parallel_for((dim + j.block - 1) / j.block, gemm_task, &j);
 }
