@@ -189,3 +189,77 @@ describe("datasets", function()
     H.expect_error(function() D.data.fashion_mnist{ dir = "/nonexistent" } end, "install Debian's dataset-fashion-mnist")
   end)
 end)
+
+describe("image folders", function()
+  local dir
+  before_each(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p '" .. dir .. "/coats' '" .. dir .. "/bags'"))
+  end)
+  after_each(function() os.execute("rm -rf '" .. dir .. "'") end)
+
+  it("lists a directory sorted, or says why it can't", function()
+    D.image.save(D.zeros(1, 2, 2), dir .. "/z.png")
+    assert.are.same({ "bags", "coats", "z.png" }, D.list_dir(dir))
+    local none, msg = D.list_dir(dir .. "/missing")
+    assert.is_nil(none)
+    assert.is_truthy(msg:find("No such file or directory", 1, true))
+  end)
+
+  it("reads one class per folder, resized and center-cropped, labels 1-based by sorted folder name", function()
+    -- a 20 x 40 image: left half black, right half white -> the 16 x 16 centre crop of its 16 x 32 resize
+    local wide = D.full({ 1, 20, 40 }, -1)
+    wide:narrow(3, 21, 20):fill_(1)
+    D.image.save(wide, dir .. "/coats/wide.png")
+    D.image.save(D.ones(3, 8, 8), dir .. "/bags/white.png")
+    D.image.save(D.full({ 3, 8, 8 }, -1), dir .. "/bags/black.png")
+    local f = assert(io.open(dir .. "/bags/notes.txt", "w")) -- not an image: skipped
+    f:write("x")
+    f:close()
+    local ds = D.data.image_folder{ dir = dir, size = 16, channels = 1 }
+    assert.are.same({ "bags", "coats" }, ds.classes)
+    assert.are.same({ 1, 1, 2 }, ds.labels:totable())
+    assert.are.same({ 3, 1, 16, 16 }, ds.images:shape())
+    assert.are.equal(-1, ds.images:get(1, 1, 8, 8)) -- bags/black.png comes first
+    assert.are.equal(1, ds.images:get(2, 1, 8, 8))
+    local crop = ds.images[3][1] -- the wide image: black on the left, white on the right
+    assert.are.equal(-1, crop:get(8, 1))
+    assert.are.equal(1, crop:get(8, 16))
+  end)
+
+  it("flips about half of a batch left-right, the same way for the same seed", function()
+    local x = D.arange(4):view(1, 1, 1, 4):expand(200, 1, 1, 4):contiguous()
+    local ds = D.data.Dataset{ images = x }
+    local function flipped(seed)
+      local _, b = ds:batches(200, { seed = seed, flip = true, shuffle = false })()
+      local n = 0
+      for i = 1, 200 do
+        local row = b[i][1][1]:totable()
+        if row[1] == 3 then
+          n = n + 1
+          assert.are.same({ 3, 2, 1, 0 }, row)
+        else
+          assert.are.same({ 0, 1, 2, 3 }, row)
+        end
+      end
+      return n
+    end
+    local n = flipped(4)
+    assert.is_true(n > 70 and n < 130, "flipped " .. n .. " of 200")
+    assert.are.equal(n, flipped(4))
+  end)
+
+  it("names what is wrong with a folder", function()
+    H.expect_error(function() D.data.image_folder{ dir = dir .. "/missing" } end, "cannot open")
+    H.expect_error(function() D.data.image_folder{ dir = dir } end, "no PNG, JPEG or BMP images in")
+    D.image.save(D.zeros(1, 4, 4), dir .. "/loose.png")
+    H.expect_error(function() D.data.image_folder{ dir = dir } end, "holds both images and class folders")
+    os.remove(dir .. "/loose.png")
+    local f = assert(io.open(dir .. "/coats/broken.png", "w"))
+    f:write("not a png")
+    f:close()
+    H.expect_error(function() D.data.image_folder{ dir = dir } end, "broken.png")
+    H.expect_error(function() D.data.image_folder{} end, "dir must be a path")
+  end)
+end)

@@ -25,7 +25,8 @@ function data.Dataset(fields)
   if fields.labels and fields.labels:size(1) ~= n then
     error(string.format("Dataset: %d images but %d labels", n, fields.labels:size(1)), 2)
   end
-  return setmetatable({ images = fields.images, labels = fields.labels, classes = fields.classes }, Dataset)
+  return setmetatable({ images = fields.images, labels = fields.labels, classes = fields.classes, paths = fields.paths },
+                      Dataset)
 end
 
 function Dataset:__len() return self.images:size(1) end
@@ -56,7 +57,8 @@ end
 --- ds:batches(size [, opts]) -> iterator of (batch_number, x, y)
 -- opts: shuffle (true), seed or generator (the order; default: the default
 -- generator), drop_last (false), skip (batches to pass over without
--- building them, to resume inside an epoch; 0).
+-- building them, to resume inside an epoch; 0), flip (mirror each image
+-- left-right with probability 1/2, drawn from the same generator; false).
 function Dataset:batches(size, opts)
   opts = opts or {}
   if type(size) ~= "number" or size < 1 or size ~= math.floor(size) then
@@ -64,12 +66,19 @@ function Dataset:batches(size, opts)
   end
   local n = #self
   local order
+  local generator = opts.generator or (opts.seed and core.Generator(opts.seed)) or nil
   if opts.shuffle == false then
     order = {}
     for i = 1, n do order[i] = i end
   else
-    local generator = opts.generator or (opts.seed and core.Generator(opts.seed)) or nil
     order = permutation(n, generator)
+  end
+  local mirror
+  if opts.flip then
+    local w = self.images:size(self.images:dim())
+    local reversed = {}
+    for i = 1, w do reversed[i] = w + 1 - i end
+    mirror = core.tensor(reversed)
   end
   local count = opts.drop_last and n // size or (n + size - 1) // size
   local b = opts.skip or 0
@@ -82,8 +91,72 @@ function Dataset:batches(size, opts)
     local index = core.tensor(idx)
     local x = self.images:index_select(1, index)
     local y = self.labels and self.labels:index_select(1, index) or nil
+    if mirror then -- a coin per image: (N, 1, ..., 1) broadcast over the image
+      local shape = { x:size(1) }
+      for d = 2, x:dim() do shape[d] = 1 end
+      local coin = core.rand(shape, generator):lt(0.5)
+      x = core.where(coin, x:index_select(x:dim(), mirror), x)
+    end
     return b, x, y
   end
+end
+
+local IMAGE_EXTENSIONS = { png = true, jpg = true, jpeg = true, bmp = true }
+
+local function image_files(dir)
+  local names, err = core.list_dir(dir)
+  if not names then return nil, err end
+  local files, subdirs = {}, {}
+  for _, name in ipairs(names) do
+    local ext = name:match("%.([%w]+)$")
+    if ext and IMAGE_EXTENSIONS[ext:lower()] then
+      files[#files + 1] = dir .. "/" .. name
+    elseif name:sub(1, 1) ~= "." and core.list_dir(dir .. "/" .. name) then
+      subdirs[#subdirs + 1] = name
+    end
+  end
+  return files, subdirs
+end
+
+--- data.image_folder{dir, size = 32, channels = 3, range = "[-1,1]"}
+-- Every PNG, JPEG and BMP in dir, resized (shorter side to size) and
+-- center-cropped to size x size. When dir holds one folder per class
+-- (dir/cat/*.png, dir/dog/*.png), the folder names (sorted) are the classes
+-- and labels are 1-based; images directly in dir then are an error.
+-- Random left-right flips are a batch option: ds:batches(n, {flip = true}).
+function data.image_folder(opts)
+  opts = opts or {}
+  local dir = opts.dir
+  if type(dir) ~= "string" then error("image_folder: dir must be a path, got " .. type(dir), 2) end
+  local image = require "diffusion.image"
+  local size, channels = opts.size or 32, opts.channels or 3
+  local files, subdirs = image_files(dir)
+  if not files then error("image_folder: " .. subdirs, 2) end
+  local paths, labels, classes = {}, nil, nil
+  if #subdirs > 0 then
+    if #files > 0 then
+      error(string.format("image_folder: %s holds both images and class folders (%s, ...)", dir, files[1]), 2)
+    end
+    classes, labels = {}, {}
+    for c, name in ipairs(subdirs) do
+      classes[c] = name
+      for _, f in ipairs((image_files(dir .. "/" .. name))) do
+        paths[#paths + 1] = f
+        labels[#labels + 1] = c
+      end
+    end
+  else
+    paths = files
+  end
+  if #paths == 0 then error("image_folder: no PNG, JPEG or BMP images in " .. dir, 2) end
+  local x = core.zeros(#paths, channels, size, size)
+  for i, path in ipairs(paths) do
+    local ok, img = pcall(image.load, path, { channels = channels, size = size, range = opts.range })
+    if not ok then error("image_folder: " .. tostring(img), 2) end
+    if not img then error("image_folder: cannot read " .. path, 2) end
+    x[i] = img
+  end
+  return data.Dataset{ images = x, labels = labels and core.tensor(labels), classes = classes, paths = paths }
 end
 
 --- data.fashion_mnist{split = "train" | "test", dir, range = "[-1,1]" | "[0,1]", pad_to, limit}
