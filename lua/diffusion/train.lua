@@ -58,17 +58,24 @@ local function check(opts)
   local classes = o.model.config.num_classes
   if classes > 0 and not o.data.labels then fail("a class-conditional model needs a dataset with labels") end
   if o.sample_every > 0 and not o.sample_path then fail("sample_every needs sample_path") end
+  o.batch_cache = {}
   return o
 end
 
 -- The batch for `step` (1-based): epochs are shuffled with their own seed, so
--- any step's batch can be found again without replaying the run.
+-- any step's batch can be found again without replaying the run. Steps in a
+-- row reuse the epoch's iterator (one shuffle per epoch).
 local function batch_at(o, step)
   local per_epoch = (#o.data) // o.batch
   if per_epoch < 1 then fail("the dataset has %d images, fewer than one batch of %d", #o.data, o.batch) end
   local epoch, index = (step - 1) // per_epoch, (step - 1) % per_epoch
-  local iter = o.data:batches(o.batch, { seed = o.seed * 1000003 + epoch, drop_last = true, skip = index })
-  local _, x, y = iter()
+  local cache = o.batch_cache
+  if cache.epoch ~= epoch or cache.next ~= index then
+    cache.iter = o.data:batches(o.batch, { seed = o.seed * 1000003 + epoch, drop_last = true, skip = index })
+    cache.epoch = epoch
+  end
+  cache.next = index + 1
+  local _, x, y = cache.iter()
   return x, y
 end
 
