@@ -59,7 +59,8 @@ void df_alloc_fail_at(long n);
 
 /* ---- threads (core/threads.c) ------------------------------------------- */
 
-/* Sets the library's thread count and OpenBLAS's to the same n (n >= 1). */
+/* Sets the pool's thread count (n >= 1); OpenBLAS stays single-threaded and
+ * df_gemm spreads matrix products over the pool. */
 df_status df_set_num_threads(int n);
 int df_get_num_threads(void);
 /* Runs fn(task, ctx) for task in [0, ntasks) on the pool; the caller joins

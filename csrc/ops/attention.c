@@ -7,8 +7,8 @@
  * attend". A query that may attend nothing gets a zero row of P (and so a
  * zero output and zero gradients), not NaN.
  *
- * The products run batch by batch through cblas_sgemm (BLAS threads, outside
- * our pool); the row softmax runs on the pool, one row per item. P is kept
+ * The products run batch by batch through df_gemm (blocks on the pool); the
+ * row softmax runs on the pool, one row per item. P is kept
  * for the backward, so memory is O(batch Nq Nk), as in any non-fused
  * attention. */
 #include <limits.h>

@@ -1,5 +1,5 @@
 /* conv.c — 2-d convolution over NCHW tensors, forward and both backward
- * passes, lowered to cblas_sgemm through im2col / col2im.
+ * passes, lowered to matrix products (df_gemm) through im2col / col2im.
  *
  * For one image x[n] (C, H, W) the column matrix `col` has one row per
  * (input channel, kernel row, kernel column) and one column per output
@@ -10,10 +10,11 @@
  *   grad x    dcol_g    = w_gᵀ · dout[n]_g, col2im into dx[n]
  *   grad w    dw_g     += dout[n]_g · col_gᵀ                (Og x K)
  *   grad b    db[o]     = sum of dout[:, o, :, :]
- * The batch is walked one image at a time through one workspace of one
- * image's columns per call; BLAS does the threading of the products, the
- * pool does im2col / col2im over disjoint channels (never both at once).
- * Padding reads as zeros. */
+ * The batch is walked in chunks of images whose columns sit side by side,
+ * so one product covers a whole chunk (see "im2col / col2im over a chunk"
+ * below); df_gemm spreads each product over the pool, and im2col / col2im
+ * run on the pool over disjoint (image, channel) pairs. Padding reads as
+ * zeros. */
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* matmul.c — matrix products through cblas_sgemm.
+/* matmul.c — matrix products of tensors, through df_gemm (ops/gemm.c).
  *
  * (..., n, k) x (..., k, m) -> (..., n, m) with the batch dims broadcast; a
  * 1-D operand is a row (left) or a column (right) vector, as in NumPy. Each

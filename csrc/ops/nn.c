@@ -5,7 +5,7 @@
  *
  * Kernels work on contiguous copies (made with grad mode off, so the copies
  * are not part of the graph) and record one node of their own. Matrix work
- * goes to cblas_sgemm, outside our parallel regions; the row loops run on the
+ * goes to df_gemm (ops/gemm.c); the row loops run on the
  * pool over disjoint outputs, each output computed by one task in a fixed
  * order, so results don't depend on the thread count. Sums are accumulated
  * in double. */
