@@ -167,13 +167,8 @@ end
 local function cmd_evaluate(a)
   if a.threads then D.set_num_threads(a.threads) end
   local model, sched, prediction = load_model(a.ckpt)
-  local ok, sd = pcall(D.checkpoint.load, a.classifier)
-  local weights = ok and sd or nil
-  if not weights then
-    local tensors = D.load_safetensors(a.classifier)
-    if not tensors then die("cannot open the classifier %s (train it with examples/classify_fashion.lua --save)", a.classifier) end
-    weights = tensors
-  end
+  local weights = D.load_safetensors(a.classifier) -- a plain state_dict, as classify_fashion.lua --save writes
+  if not weights then die("cannot open the classifier %s (train it with examples/classify_fashion.lua --save)", a.classifier) end
   local classifier = require("diffusion.models").fashion_classifier()
   classifier:load_state_dict(weights)
   classifier:eval()
