@@ -102,7 +102,7 @@ local function sample_with(model, sched, prediction, a, y, n, seed)
   local cfg = model.config
   local opts = {
     n = y and y:size(1) or n, shape = { cfg.in_channels, cfg.image_size, cfg.image_size }, steps = a.steps,
-    seed = seed, y = y, prediction = prediction, progress = a.quiet and nil or true,
+    seed = seed, y = y, prediction = prediction, progress = not a.quiet,
   }
   if a.sampler == "ddim" then opts.eta = a.eta end
   if y and a.guidance ~= 1 then
@@ -186,9 +186,9 @@ local function cmd_evaluate(a)
       local x = sample_with(model, sched, prediction, a, y, a.per_class, a.seed + c)
       correct = correct + classify(x):eq(c):sum():item()
       total = total + a.per_class
-      io.stderr:write(string.format("\rclass %d/%d: %.1f%% so far", c, classes, 100 * correct / total))
+      if not a.quiet then io.stderr:write(string.format("\rclass %d/%d: %.1f%% so far", c, classes, 100 * correct / total)) end
     end
-    io.stderr:write("\n")
+    if not a.quiet then io.stderr:write("\n") end
     print(string.format("class-conditional: %.1f%% of %d samples (%d per class, %s %d steps, guidance %g) "
       .. "classified as their class, %.0f s", 100 * correct / total, total, a.per_class, a.sampler, a.steps,
       a.guidance, D.clock() - t0))
