@@ -56,6 +56,9 @@ size_t df_live_bytes(void);
 size_t df_allocated_bytes(void);
 /* Test hook: the n-th allocation from now fails (n >= 1); 0 turns it off. */
 void df_alloc_fail_at(long n);
+/* Allocations left before the injected failure (0: it has happened, or none
+ * is armed), so a test can tell an operation that met no failure. */
+long df_alloc_fail_pending(void);
 
 /* ---- threads (core/threads.c) ------------------------------------------- */
 
@@ -361,9 +364,10 @@ void df_safetensors_free(df_safetensors *ck); /* NULL is fine */
 /* Default cap on width * height * channels of a decoded image (64 Mi values). */
 #define DF_IMAGE_MAX_VALUES ((int64_t)64 << 20)
 
-/* Decodes a PNG, JPEG, BMP, GIF (first frame), TGA, PSD, PNM or HDR file
- * with stb_image. channels: 1 or 3 converts to that; 0 keeps a gray file
- * gray and makes any other RGB (alpha is dropped, not composited).
+/* Decodes a PNG, JPEG, BMP, GIF (first frame) or PNM (P5/P6) file
+ * with stb_image, recognised by its first bytes (other files are refused).
+ * channels: 1 or 3 converts to that; 0 keeps a gray file gray and makes
+ * any other RGB (alpha is dropped, not composited).
  * max_values (0: DF_IMAGE_MAX_VALUES) caps width * height * channels, checked
  * from the header before anything is decoded. Needs lo < hi. */
 df_status df_image_load(df_tensor **out, const char *path, int channels, int64_t max_values, float lo, float hi);
@@ -379,6 +383,24 @@ df_status df_image_save_png(const df_tensor *x, const char *path, float lo, floa
  * size. Weights sum to 1, so a constant image stays constant. No gradient. */
 df_status df_image_resize(df_tensor **out, const df_tensor *x, int64_t h, int64_t w);
 
+/* ---- chart drawing (io/plot.c) ----------------------------------------- */
+/* Anti-aliased drawing for lua/diffusion/plot.lua. The canvas is a
+ * contiguous (3, H, W) float tensor of 0..255 RGB values, changed in place
+ * (no autograd); coordinates are pixels, x rightwards, y downwards. Colours
+ * are 0..255. */
+df_status df_plot_fill_rect(df_tensor *canvas, double x0, double y0, double x1, double y1, const float rgb[3]);
+/* The n points joined by a line of `width` pixels (0: none; dashes `dash`
+ * pixels long when dash > 0) with a disc of `radius` at each point (0: none);
+ * a non-finite point breaks the line. Only pixels inside clip {x0, y0, x1, y1}
+ * change. */
+df_status df_plot_polyline(df_tensor *canvas, int64_t n, const double *x, const double *y, double width, double radius,
+                           double dash, const float rgb[3], const double clip[4]);
+/* stb_easy_font text, 12 * scale pixels a line; (x, y) is the top-left
+ * corner, or with vertical (read bottom to top) the bottom-left one. Bytes
+ * outside printable ASCII are drawn as '?'. */
+df_status df_plot_text(df_tensor *canvas, const char *text, double x, double y, double scale, bool vertical, const float rgb[3]);
+df_status df_plot_text_size(const char *text, double scale, double *w, double *h);
+
 /* ---- noise schedules and sampler steps (diffusion/schedule.c) --------- */
 /* A schedule is defined by its betas, or by alpha_bar (the kinds below); the
  * named kinds compute them in double from their parameters:
@@ -391,7 +413,8 @@ df_status df_image_resize(df_tensor **out, const df_tensor *x, int64_t h, int64_
  *   betas, alpha_bar: the T values themselves.
  * Timestep t = 1..T (1 the least noisy) lives at [t - 1]; alpha_bar_0 = 1. The
  * values are validated: betas in (0, 1], alpha_bar in (0, 1] and strictly
- * decreasing from alpha_bar_0, no NaN. */
+ * decreasing from alpha_bar_0, no NaN; only alpha_bar_T may be 0 (zero
+ * terminal SNR: beta_T = 1, log_snr_T = -inf, sigma_T = inf). */
 typedef enum {
   DF_SCHEDULE_LINEAR, DF_SCHEDULE_SCALED_LINEAR, DF_SCHEDULE_COSINE, DF_SCHEDULE_SIGMOID,
   DF_SCHEDULE_BETAS, DF_SCHEDULE_ALPHA_BAR,
@@ -436,7 +459,7 @@ df_status df_schedule_gather(df_tensor **out, const df_tensor *table, const df_t
  * autograd for x and y, not for the coefficients. */
 df_status df_schedule_combine(df_tensor **out, const df_tensor *a, const df_tensor *x, const df_tensor *b,
                               const df_tensor *y, const char *op);
-/* Sampler steps from timestep t to an earlier one (alpha_bar_t < alpha_bar_prev <= 1),
+/* Sampler steps from timestep t to an earlier one (0 <= alpha_bar_t < alpha_bar_prev <= 1),
  * for a batch that shares t. x0 is the (clipped) predicted x0; xt, x0 and noise
  * have one shape; noise may be NULL (no noise term: the last step, eta = 0).
  * DDPM ancestral (Ho et al. 2020), beta = 1 - ab_t / ab_prev:

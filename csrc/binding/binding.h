@@ -54,7 +54,9 @@ void df_lua_open_io(lua_State *L, int module, int methods);    /* lua_io.c */
 void df_lua_open_safetensors(lua_State *L, int module, int methods); /* lua_safetensors.c */
 void df_lua_open_image(lua_State *L, int module, int methods);       /* lua_image.c */
 void df_lua_open_schedule(lua_State *L, int module, int methods);    /* lua_schedule.c */
+void df_lua_open_plot(lua_State *L, int module, int methods);        /* lua_plot.c */
 void df_lua_open_unet(lua_State *L, int module, int methods);        /* lua_unet.c */
+void df_lua_open_debug(lua_State *L, int module, int methods);       /* lua_debug.c: test hooks */
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

@@ -1251,7 +1251,9 @@ int luaopen_diffusion_core(lua_State *L) {
   df_lua_open_safetensors(L, module, methods);
   df_lua_open_image(L, module, methods);
   df_lua_open_schedule(L, module, methods);
+  df_lua_open_plot(L, module, methods);
   df_lua_open_unet(L, module, methods);
+  df_lua_open_debug(L, module, methods);
 
   luaL_newmetatable(L, TENSOR_MT);
   int mt = lua_gettop(L);

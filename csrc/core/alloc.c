@@ -10,6 +10,8 @@ static atomic_long fail_countdown; /* 0: off */
 
 void df_alloc_fail_at(long n) { atomic_store(&fail_countdown, n > 0 ? n : 0); }
 
+long df_alloc_fail_pending(void) { return atomic_load(&fail_countdown); }
+
 static bool injected_failure(void) {
   long n = atomic_load(&fail_countdown);
   while (n > 0) {

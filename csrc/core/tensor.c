@@ -94,13 +94,16 @@ bool df_tensor_has_overlap(const df_tensor *t) {
 df_status df_check_shape(const char *op, int ndim, const int64_t *size, int64_t *numel) {
   if (ndim < 0 || ndim > DF_MAX_DIMS)
     return df_error(DF_EINVAL, "%s: a tensor has at most %d dims, got %d", op, DF_MAX_DIMS, ndim);
-  int64_t n = 1;
+  /* span: the product of the nonzero sizes, which bounds the contiguous
+   * strides; an empty tensor's other dims must not overflow them either */
+  int64_t n = 1, span = 1;
   for (int d = 0; d < ndim; d++) {
     if (size[d] < 0) return df_error(DF_EINVAL, "%s: size %lld of dim %d is negative", op, (long long)size[d], d + 1);
-    if (__builtin_mul_overflow(n, size[d], &n) || n > (int64_t)(PTRDIFF_MAX / sizeof(float))) {
+    if (__builtin_mul_overflow(span, size[d] ? size[d] : 1, &span) || span > (int64_t)(PTRDIFF_MAX / sizeof(float))) {
       char buf[128];
       return df_error(DF_ENOMEM, "%s: shape %s is too large to allocate", op, df_format_shape(buf, sizeof buf, ndim, size));
     }
+    n = size[d] ? n * size[d] : 0; /* n <= span: no overflow */
   }
   if (numel) *numel = n;
   return DF_OK;

@@ -107,9 +107,9 @@ static df_status from_betas(double *betas, double *ab, int64_t T, const char *op
     if (b != b) return df_error(DF_EINVAL, "%s: beta[%lld] is NaN", op, (long long)t);
     if (!(b > 0.0 && b <= 1.0)) return df_error(DF_EINVAL, "%s: beta[%lld] = %g is not in (0, 1]", op, (long long)t, b);
     double next = prod * (1.0 - b);
-    if (!(next > 0.0))
-      return df_error(DF_EINVAL, "%s: alpha_bar[%lld] = %g is not in (0, 1] (beta[%lld] = %g leaves no signal)", op,
-                      (long long)t, next, (long long)t, b);
+    if (!(next > 0.0) && !(next == 0.0 && t == T)) /* only the last may be 0: zero terminal SNR */
+      return df_error(DF_EINVAL, "%s: alpha_bar[%lld] = %g is not in (0, 1] (beta[%lld] = %g leaves no signal before the last "
+                      "timestep)", op, (long long)t, next, (long long)t, b);
     if (!(next < prod))
       return df_error(DF_EINVAL, "%s: alpha_bar[%lld] = %.10g is not below alpha_bar[%lld] = %.10g (beta[%lld] = %g is too small "
                       "to change it; alpha_bar must be strictly decreasing)", op, (long long)t, next, (long long)t - 1, prod,
@@ -125,7 +125,10 @@ static df_status from_alpha_bar(double *betas, const double *ab, int64_t T, cons
   for (int64_t t = 1; t <= T; t++) {
     double a = ab[t - 1];
     if (a != a) return df_error(DF_EINVAL, "%s: alpha_bar[%lld] is NaN", op, (long long)t);
-    if (!(a > 0.0 && a <= 1.0)) return df_error(DF_EINVAL, "%s: alpha_bar[%lld] = %g is not in (0, 1]", op, (long long)t, a);
+    if (a == 0.0 && t < T)
+      return df_error(DF_EINVAL, "%s: alpha_bar[%lld] = 0 is not in (0, 1] (only the last, alpha_bar[%lld], may be 0)", op,
+                      (long long)t, (long long)T);
+    if (!(a >= 0.0 && a <= 1.0)) return df_error(DF_EINVAL, "%s: alpha_bar[%lld] = %g is not in (0, 1]", op, (long long)t, a);
     if (!(a < prev))
       return df_error(DF_EINVAL, "%s: alpha_bar[%lld] = %.10g is not below alpha_bar[%lld] = %.10g (alpha_bar must be strictly "
                       "decreasing from alpha_bar_0 = 1)", op, (long long)t, a, (long long)t - 1, prev);
@@ -183,8 +186,8 @@ double df_schedule_value(const df_schedule *s, df_schedule_table which, int64_t 
   case DF_SCHED_SQRT_ALPHA_BAR: return sqrt(ab);
   case DF_SCHED_SQRT_ONE_MINUS_ALPHA_BAR: return sqrt(one_minus);
   case DF_SCHED_SNR: return ab / one_minus;
-  case DF_SCHED_LOG_SNR: return log(ab) - log(one_minus);
-  case DF_SCHED_SIGMA: return sqrt(one_minus / ab);
+  case DF_SCHED_LOG_SNR: return ab > 0.0 ? log(ab) - log(one_minus) : -INFINITY;
+  case DF_SCHED_SIGMA: return ab > 0.0 ? sqrt(one_minus / ab) : INFINITY; /* zero terminal SNR: pure noise */
   case DF_SCHED_POSTERIOR_VARIANCE: return (1.0 - ab_prev) / one_minus * beta;
   case DF_SCHED_POSTERIOR_MEAN_COEF1: return beta * sqrt(ab_prev) / one_minus;
   case DF_SCHED_POSTERIOR_MEAN_COEF2: return (1.0 - ab_prev) * sqrt(alpha) / one_minus;
@@ -353,8 +356,9 @@ static df_status check_step(const char *op, const df_tensor *xt, const df_tensor
                             double ab_prev) {
   df_status st;
   if ((st = check_same(op, "x0", x0, "x_t", xt)) || (noise && (st = check_same(op, "the noise", noise, "x_t", xt)))) return st;
-  if (!(ab_t > 0.0 && ab_t < ab_prev && ab_prev <= 1.0))
-    return df_error(DF_EINVAL, "%s: expected 0 < alpha_bar_t < alpha_bar_prev <= 1, got alpha_bar_t = %g and alpha_bar_prev = %g",
+  /* alpha_bar_t = 0 (a zero terminal SNR schedule's first step) is fine: x_t is pure noise, eps = x_t */
+  if (!(ab_t >= 0.0 && ab_t < ab_prev && ab_prev <= 1.0))
+    return df_error(DF_EINVAL, "%s: expected 0 <= alpha_bar_t < alpha_bar_prev <= 1, got alpha_bar_t = %g and alpha_bar_prev = %g",
                     op, ab_t, ab_prev);
   return DF_OK;
 }

@@ -2,11 +2,15 @@
  *
  * Header: two zero bytes, a type byte (0x08 = unsigned byte, the only type
  * these datasets use), the number of dims, then each dim as a big-endian
- * uint32. The data is read in chunks as it arrives, so a header that lies
- * about its size costs no more memory than the file really holds. */
+ * uint32. Nothing is allocated from the header's word: for a plain file the
+ * declared size is checked against the file's size first; a gzipped one is
+ * read in chunks as it inflates (the buffer at most doubles past the data
+ * that really arrived), so a header that lies costs no more memory than the
+ * file really holds. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <zlib.h>
 
@@ -47,12 +51,35 @@ df_status df_idx_load(df_tensor **out, const char *path) {
     }
     size[d] = (int64_t)b[0] << 24 | (int64_t)b[1] << 16 | (int64_t)b[2] << 8 | (int64_t)b[3];
   }
-  if ((st = df_check_shape("load_idx", ndim, size, &numel))) goto done;
-  /* read up to numel bytes, growing the buffer only as data arrives */
+  if ((st = df_check_shape("load_idx", ndim, size, &numel))) {
+    char why[256]; /* "load_idx: shape ... is too large": name the file too */
+    snprintf(why, sizeof why, "%s", df_last_error() + strlen("load_idx: "));
+    st = df_error(st, "load_idx: %s: %s", path, why);
+    goto done;
+  }
+  if (gzdirect(f)) { /* not compressed: the file's size tells the data's, before anything is allocated */
+    struct stat sb;
+    uint64_t header_bytes = 4 + 4 * (uint64_t)ndim;
+    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) {
+      uint64_t data = (uint64_t)sb.st_size > header_bytes ? (uint64_t)sb.st_size - header_bytes : 0;
+      if (data < (uint64_t)numel) {
+        char b[128];
+        st = df_error(DF_EIO, "load_idx: %s is truncated: shape %s needs %lld bytes of data, the file has %llu", path,
+                      df_format_shape(b, sizeof b, ndim, size), (long long)numel, (unsigned long long)data);
+        goto done;
+      }
+      if (data > (uint64_t)numel) {
+        st = df_error(DF_EIO, "load_idx: %s has data after the %lld bytes its header declares", path, (long long)numel);
+        goto done;
+      }
+    }
+  }
+  /* read up to numel bytes, growing the buffer (doubling) only as data arrives */
   size_t have = 0, cap = 0;
   while (have < (size_t)numel) {
     if (have == cap) {
-      size_t want = cap + CHUNK < (size_t)numel ? cap + CHUNK : (size_t)numel;
+      size_t step = cap > CHUNK ? cap : CHUNK;
+      size_t want = (size_t)numel - cap > step ? cap + step : (size_t)numel;
       unsigned char *grown = df_malloc(want);
       if (!grown) {
         st = df_error(DF_ENOMEM, "load_idx: out of memory reading %s", path);
@@ -63,7 +90,8 @@ df_status df_idx_load(df_tensor **out, const char *path) {
       bytes = grown;
       cap = want;
     }
-    int n = gzread(f, bytes + have, (unsigned)(cap - have));
+    size_t ask = cap - have < ((size_t)1 << 30) ? cap - have : ((size_t)1 << 30); /* gzread counts in int */
+    int n = gzread(f, bytes + have, (unsigned)ask);
     if (n < 0) {
       int code;
       st = df_error(DF_EIO, "load_idx: %s is corrupt: %s", path, gzerror(f, &code));

@@ -11,11 +11,13 @@
  * fsyncs it and renames it over the target (atomic within one filesystem). */
 #include <errno.h>
 #include <fcntl.h>
+#include <ctype.h>
 #include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -37,6 +39,135 @@ static const char *stb_reason(void) {
 
 /* ---- load ------------------------------------------------------------- */
 
+/* The formats handed to stb_image, recognised by their first bytes. The
+ * others it knows are refused: TGA (no signature, so stb tries it on any
+ * unknown bytes), PSD and PIC (rare in image folders, little exercised) and
+ * HDR (stb_image 2.27 loops forever on a truncated run-length scanline;
+ * found by fuzzing). */
+typedef enum { FMT_UNKNOWN, FMT_PNG, FMT_JPEG, FMT_BMP, FMT_GIF, FMT_PNM } image_format;
+
+static image_format sniff_format(const unsigned char *b, size_t n) {
+  if (n >= 8 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8)) return FMT_PNG;
+  if (n >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff) return FMT_JPEG;
+  if (n >= 2 && b[0] == 'B' && b[1] == 'M') return FMT_BMP;
+  if (n >= 6 && (!memcmp(b, "GIF87a", 6) || !memcmp(b, "GIF89a", 6))) return FMT_GIF;
+  if (n >= 2 && b[0] == 'P' && (b[1] == '5' || b[1] == '6')) return FMT_PNM;
+  return FMT_UNKNOWN;
+}
+
+static int next_byte(FILE *f) { return getc(f); }
+
+/* Walks a PNG's chunks and checks each fits in the file: stb_image grows
+ * its buffer to a chunk's declared length before reading it, so a few
+ * bytes claiming a 2 GB IDAT would cost 2 GB (found by fuzzing). */
+static df_status check_png(FILE *f, const char *path) {
+  struct stat sb;
+  if (fstat(fileno(f), &sb) != 0) return DF_OK;
+  uint64_t size = (uint64_t)sb.st_size, pos = 8;
+  while (pos + 8 <= size) {
+    unsigned char head[8];
+    if (fseek(f, (long)pos, SEEK_SET) != 0 || fread(head, 1, 8, f) != 8) return DF_OK;
+    uint64_t len = (uint64_t)head[0] << 24 | (uint64_t)head[1] << 16 | (uint64_t)head[2] << 8 | head[3];
+    if (len > size - pos - 8 || size - pos - 8 - len < 4) /* data and CRC must be in the file */
+      return df_error(DF_EIO, "image.load: cannot decode %s: corrupt PNG: chunk \"%c%c%c%c\" at byte %llu declares %llu bytes, "
+                      "past the end of the file (truncated?)", path, isprint(head[4]) ? head[4] : '?', isprint(head[5]) ? head[5] : '?',
+                      isprint(head[6]) ? head[6] : '?', isprint(head[7]) ? head[7] : '?', (unsigned long long)pos,
+                      (unsigned long long)len);
+    if (!memcmp(head + 4, "IEND", 4)) break;
+    pos += 12 + len;
+  }
+  return DF_OK;
+}
+
+/* Reads a PNM header (P5 or P6, then width, height and maxval, with
+ * whitespace and # comments between) as stb_image does, and checks the
+ * numbers before it sees them: its parser multiplies by 10 in an int
+ * without a bound (signed overflow, found by fuzzing). Sizes up to 2^24
+ * (stb_image's own dimension limit) and maxval up to 65535 pass. */
+static df_status check_pnm(FILE *f, const char *path) {
+  static const char *const what[3] = {"width", "height", "maxval"};
+  static const long limit[3] = {1L << 24, 1L << 24, 65535};
+  next_byte(f), next_byte(f); /* "P5" or "P6", sniffed already */
+  int c = next_byte(f);
+  for (int field = 0; field < 3; field++) {
+    for (;;) { /* whitespace, then a comment up to the end of its line */
+      while (c == ' ' || (c >= '\t' && c <= '\r')) c = next_byte(f);
+      if (c != '#') break;
+      while (c != EOF && c != '\n' && c != '\r') c = next_byte(f);
+    }
+    long value = 0;
+    for (; c >= '0' && c <= '9'; c = next_byte(f)) {
+      value = value * 10 + (c - '0');
+      if (value > limit[field])
+        return df_error(DF_EIO, "image.load: cannot decode %s: corrupt PNM: its %s is over %ld", path, what[field], limit[field]);
+    }
+  }
+  return DF_OK;
+}
+
+/* Walks a JPEG's marker segments (and the entropy-coded data after each
+ * scan) and checks what stb_image 2.27, which Debian ships, trusts; both
+ * were found by fuzzing and are fixed upstream in 2.28:
+ *  - a Huffman table (DHT) declares at most 256 codes: more, and the
+ *    decoder writes past its tables;
+ *  - a scan (SOS) only uses Huffman tables defined before it: an undefined
+ *    one is uninitialised memory, on which the decoder can fail an assert()
+ *    that Debian's libstb keeps, aborting the process.
+ * Bytes past the end of the file count as zeros, as the decoder reads them.
+ * Other damage is left to the decoder, which reports it. */
+static df_status check_jpeg(FILE *f, const char *path) {
+  bool defined[2][4] = {{false}}; /* [DC, AC][table id] */
+  bool progressive = false;
+  int c;
+#define BYTE() ((c = next_byte(f)) == EOF ? 0 : c)
+  if (next_byte(f) != 0xff || next_byte(f) != 0xd8) return DF_OK; /* sniffed already */
+  for (;;) {
+    c = next_byte(f);
+    if (c == EOF) return DF_OK;
+    if (c != 0xff) continue; /* entropy-coded data (or junk) between markers */
+    do c = next_byte(f); while (c == 0xff); /* fill bytes */
+    int marker = c;
+    if (marker == EOF || marker == 0xd9) return DF_OK; /* end of image */
+    if (marker == 0x00 || (marker >= 0xd0 && marker <= 0xd7) || marker == 0x01) continue; /* no length */
+    int hi = next_byte(f), lo = next_byte(f);
+    if (hi == EOF || lo == EOF) return DF_OK;
+    long left = (long)(hi << 8 | lo) - 2;
+    if (marker == 0xc0 || marker == 0xc1 || marker == 0xc2) progressive = marker == 0xc2;
+    if (marker == 0xc4) { /* DHT: as the decoder reads it, a table at a time, even past the segment's end */
+      while (left > 0) {
+        int q = BYTE(), codes = 0;
+        for (int i = 0; i < 16; i++) codes += BYTE();
+        if (codes > 256)
+          return df_error(DF_EIO, "image.load: cannot decode %s: corrupt JPEG: a Huffman table declares %d codes "
+                          "(at most 256)", path, codes);
+        if (q >> 4 <= 1 && (q & 15) <= 3) defined[q >> 4][q & 15] = true;
+        for (int i = 0; i < codes; i++) BYTE();
+        left -= 17 + codes;
+      }
+      continue;
+    }
+    if (marker == 0xda) { /* SOS: components, then spectral start and end, successive approximation */
+      int ns = BYTE(), tables[4] = {0};
+      if (ns < 1 || ns > 4) return DF_OK; /* the decoder refuses it */
+      for (int i = 0; i < ns; i++) BYTE(), tables[i] = BYTE();
+      int ss = BYTE(), se = BYTE(), ah = BYTE() >> 4;
+      (void)se;
+      for (int i = 0; i < ns; i++) {
+        int td = tables[i] >> 4, ta = tables[i] & 15;
+        bool needs_dc = progressive ? ss == 0 && ah == 0 : true, needs_ac = progressive ? ss > 0 : true;
+        if ((needs_dc && td <= 3 && !defined[0][td]) || (needs_ac && ta <= 3 && !defined[1][ta]))
+          return df_error(DF_EIO, "image.load: cannot decode %s: corrupt JPEG: a scan uses Huffman table %s %d, "
+                          "which is not defined before it", path, needs_dc && td <= 3 && !defined[0][td] ? "DC" : "AC",
+                          needs_dc && td <= 3 && !defined[0][td] ? td : ta);
+      }
+      left -= 1 + 2 * ns + 3;
+    }
+    while (left-- > 0)
+      if (next_byte(f) == EOF) return DF_OK;
+  }
+#undef BYTE
+}
+
 df_status df_image_load(df_tensor **out, const char *path, int channels, int64_t max_values, float lo, float hi) {
   if (channels != 0 && channels != 1 && channels != 3)
     return df_error(DF_EINVAL, "image.load: channels must be 1 or 3 (0: as the file has them), got %d", channels);
@@ -52,37 +183,63 @@ df_status df_image_load(df_tensor **out, const char *path, int channels, int64_t
   unsigned char *pixels = NULL;
   df_tensor *t = NULL;
   int w, h, comp;
+  unsigned char magic[16];
+  size_t got = fread(magic, 1, sizeof magic, f);
+  image_format format = sniff_format(magic, got);
+  if (format == FMT_UNKNOWN) {
+    st = df_error(DF_EIO, "image.load: %s is not an image this library reads (unknown image type%s; it reads PNG, "
+                  "JPEG, BMP, GIF and PNM (P5/P6))", path, got == 0 ? ": the file is empty" : "");
+    goto done;
+  }
+  rewind(f);
+  if (format == FMT_JPEG && (st = check_jpeg(f, path))) goto done;
+  if (format == FMT_PNM && (st = check_pnm(f, path))) goto done;
+  if (format == FMT_PNG && (st = check_png(f, path))) goto done;
+  rewind(f);
   if (!stbi_info_from_file(f, &w, &h, &comp)) {
     st = df_error(DF_EIO, "image.load: %s is not an image stb_image can read (%s)", path, stb_reason());
     goto done;
   }
   int c = channels ? channels : comp <= 2 ? 1 : 3; /* gray(+alpha) -> 1, RGB(A) -> 3 */
-  int64_t values = (int64_t)w * h * c;
   if (w <= 0 || h <= 0) {
     st = df_error(DF_EIO, "image.load: %s declares a %dx%d image", path, w, h);
     goto done;
   }
-  if (values > max_values) {
-    st = df_error(DF_EIO, "image.load: %s is %dx%d with %d channel(s) = %lld values, over the cap of %lld", path, w,
-                  h, c, (long long)values, (long long)max_values);
+  if ((int64_t)w > max_values / ((int64_t)h * c)) { /* w * h * c > max_values, without overflowing (found by fuzzing) */
+    st = df_error(DF_EIO, "image.load: %s is %dx%d with %d channel(s) = %.0f values, over the cap of %lld", path, w,
+                  h, c, (double)w * h * c, (long long)max_values);
     goto done;
   }
+  /* decoded with the file's own channels and converted here: stb_image
+   * 2.27's conversion misreads 16-bit PNM (a heap overread, found by
+   * fuzzing), and this way no decoder sees a channel request at all */
   int dw, dh, dcomp;
-  pixels = stbi_load_from_file(f, &dw, &dh, &dcomp, c);
+  pixels = stbi_load_from_file(f, &dw, &dh, &dcomp, 0);
   if (!pixels) {
     st = df_error(DF_EIO, "image.load: cannot decode %s (%s)", path, stb_reason());
     goto done;
   }
-  if (dw != w || dh != h) { /* the header and the decoder disagree: refuse rather than trust either */
-    st = df_error(DF_EIO, "image.load: %s decoded as %dx%d but its header says %dx%d", path, dw, dh, w, h);
+  if (dw != w || dh != h || dcomp < 1 || dcomp > 4) { /* the header and the decoder disagree: trust neither */
+    st = df_error(DF_EIO, "image.load: %s decoded as %dx%d with %d channel(s) but its header says %dx%d", path, dw, dh,
+                  dcomp, w, h);
     goto done;
   }
   if ((st = df_tensor_empty(&t, 3, (const int64_t[]){c, h, w}))) goto done;
   float *p = df_tensor_data(t);
   const double scale = ((double)hi - lo) / 255.0;
   const int64_t plane = (int64_t)h * w;
-  for (int ch = 0; ch < c; ch++)
-    for (int64_t i = 0; i < plane; i++) p[ch * plane + i] = (float)(lo + pixels[i * c + ch] * scale);
+  for (int64_t i = 0; i < plane; i++) {
+    const unsigned char *px = pixels + i * dcomp;
+    int v[3];
+    if (dcomp <= 2) { /* gray (+ alpha, dropped) */
+      v[0] = v[1] = v[2] = px[0];
+    } else if (c == 3) { /* RGB (+ alpha, dropped) */
+      v[0] = px[0], v[1] = px[1], v[2] = px[2];
+    } else { /* RGB to gray with stb_image's weights, as its own conversion does */
+      v[0] = (px[0] * 77 + px[1] * 150 + px[2] * 29) >> 8;
+    }
+    for (int ch = 0; ch < c; ch++) p[ch * plane + i] = (float)(lo + v[ch] * scale);
+  }
 done:
   if (pixels) stbi_image_free(pixels);
   fclose(f);

@@ -372,11 +372,11 @@ static df_status attention_forward(const ctx_t *c, const attention_t *a, const d
   }
   df_tensor *parts[3] = {NULL, NULL, NULL};
   for (int i = 0; i < 3; i++) {
-    df_tensor *sel;
-    if ((st = df_tensor_select(&sel, qkv, 1, i))) goto fail;
-    st = df_tensor_transpose(&parts[i], sel, 2, 3); /* (B, heads, HW, hd) */
+    df_tensor *sel = NULL;
+    st = df_tensor_select(&sel, qkv, 1, i);
+    if (!st) st = df_tensor_transpose(&parts[i], sel, 2, 3); /* (B, heads, HW, hd) */
     df_tensor_release(sel);
-    if (st) {
+    if (st) { /* the parts made so far are not yet in q, k, v */
       for (int j = 0; j < i; j++) df_tensor_release(parts[j]);
       goto fail;
     }

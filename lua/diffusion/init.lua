@@ -121,11 +121,13 @@ D.EMA = D.optim.EMA
 D.image = require "diffusion.image"
 D.UNet = require "diffusion.unet"
 D.schedule = require "diffusion.schedule"
+D.plot = require "diffusion.plot"
 D.sample = require "diffusion.sample"
 D.checkpoint = require "diffusion.checkpoint"
 D.train = require "diffusion.train"
 D.models = require "diffusion.models"
 D._debug_corrupt_backward = core._debug_corrupt_backward -- test hook for the checker itself
+D._debug = core._debug -- test hooks: allocation failures (csrc/binding/lua_debug.c)
 
 D.version = "scm"
 
