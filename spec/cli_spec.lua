@@ -20,10 +20,9 @@ local function tmp(suffix)
 end
 
 describe("the diffusion command", function()
-  local ckpt, model = tmp(".ckpt"), tmp(".model")
+  local ckpt, model, log, curve = tmp(".ckpt"), tmp(".model"), tmp(".csv"), tmp(".png")
   teardown(function()
-    os.remove(ckpt)
-    os.remove(model)
+    for _, path in ipairs({ ckpt, model, log, curve }) do os.remove(path) end
   end)
 
   it("lists its commands", function()
@@ -33,13 +32,16 @@ describe("the diffusion command", function()
   end)
 
   it("trains, resumes, exports, describes and samples", function()
-    local common = string.format("train --channels 8 --groups 2 --batch 8 --limit 64 --checkpoint %s --log /dev/null", ckpt)
+    local common = string.format("train --channels 8 --groups 2 --batch 8 --limit 64 --checkpoint %s --log %s --loss-plot %s",
+      ckpt, log, curve)
     local status, out = run(common .. " --steps 2")
     assert.are.equal(0, status, out)
     status, out = run(common .. " --steps 3 --export " .. model) -- resumes at step 2
     assert.are.equal(0, status, out)
     assert.is_truthy(out:find("done: step 3", 1, true), out)
     assert.are.equal(3, D.checkpoint.load(ckpt).step)
+    assert.are.same({ 1, 2, 3 }, (D.plot.read_loss_log(log))) -- one log across the resume
+    assert.are.equal(3, D.image.load(curve):size(1)) -- the loss curve, in colour
     status, out = run("info " .. model)
     assert.are.equal(0, status, out)
     assert.is_truthy(out:find("diffusion-model", 1, true))
@@ -48,8 +50,8 @@ describe("the diffusion command", function()
     status, out = run(string.format("sample --ckpt %s --n 20 --steps 3 --out %s --trajectory %s --quiet", model, png, traj))
     assert.are.equal(0, status, out)
     local grid = D.image.load(png)
-    -- 10 classes x 2 per class: rows of 2 tiles of 32 px with 2 px padding
-    assert.are.same({ 1, 10 * 34 + 2, 2 * 34 + 2 }, grid:shape()) -- grey, as the model makes them
+    -- 10 classes x 2 per class: rows of 2 tiles of 28 px (the default model's size) with 2 px padding
+    assert.are.same({ 1, 10 * 30 + 2, 2 * 30 + 2 }, grid:shape()) -- grey, as the model makes them
     assert.is_not_nil(D.image.load(traj))
     status, out = run(string.format("sample --ckpt %s --class Sneaker --n 3 --steps 2 --out %s --quiet", ckpt, png))
     assert.are.equal(0, status, out)

@@ -72,15 +72,9 @@ local function check_moments(x, m, v, label)
 end
 
 describe("timesteps", function()
-  it("leading spacing as diffusers (1-based), trailing from T", function()
+  it("sample.timesteps is schedule.timesteps (leading by default)", function()
+    assert.are.equal(schedule.timesteps, sample.timesteps)
     assert.are.same({ 801, 601, 401, 201, 1 }, sample.timesteps(1000, 5))
-    assert.are.same({ 7, 4, 1 }, sample.timesteps(10, 3, "leading"))
-    assert.are.same({ 1000, 800, 600, 400, 200 }, sample.timesteps(1000, 5, "trailing"))
-    assert.are.same({ 10, 7, 3 }, sample.timesteps(10, 3, "trailing"))
-    local all = sample.timesteps(6, 6)
-    assert.are.same({ 6, 5, 4, 3, 2, 1 }, all)
-    H.expect_error(function() sample.timesteps(10, 11) end, "timesteps: steps must be an integer in [1, 10], got 11")
-    H.expect_error(function() sample.timesteps(10, 2, "linspace") end, 'timesteps: spacing must be "leading" or "trailing"')
   end)
 end)
 

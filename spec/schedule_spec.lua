@@ -115,10 +115,12 @@ describe("named schedules", function()
     end
   end)
 
-  it("prints the kind, T and the terminal SNR", function()
-    assert.are.equal("Schedule(linear, T = 1000, terminal SNR 4e-05)", tostring(schedule.linear {}))
-    assert.are.equal("Schedule(cosine, T = 1000, terminal SNR 2.4e-09)", tostring(schedule.cosine {}))
-    assert.are.equal("Schedule(betas, T = 2, terminal SNR 2.6)", tostring(schedule.from_betas { 0.1, 0.2 }))
+  it("prints the kind, T, the terminal SNR and a log-SNR sparkline between its ends", function()
+    local function starts(prefix, s) assert.are.equal(prefix, s:sub(1, #prefix)) end
+    starts("Schedule(linear, T = 1000, terminal SNR 4e-05) log-SNR 9.21 █", tostring(schedule.linear {}))
+    starts("Schedule(cosine, T = 1000, terminal SNR 2.4e-09) log-SNR 10.1 █", tostring(schedule.cosine {}))
+    -- T = 2: two columns, the highest and the lowest level; log-SNR 2.2 and 0.944
+    assert.are.equal("Schedule(betas, T = 2, terminal SNR 2.6) log-SNR 2.2 █▁ 0.944", tostring(schedule.from_betas { 0.1, 0.2 }))
   end)
 end)
 
@@ -436,9 +438,11 @@ describe("sampler step kernels", function()
 
   it("rejects inconsistent arguments", function()
     H.expect_error(function() core._ddpm_step(xt, x0, nil, 0.8, 0.5, true) end,
-      "ddpm_step: expected 0 < alpha_bar_t < alpha_bar_prev <= 1, got alpha_bar_t = 0.8 and alpha_bar_prev = 0.5")
+      "ddpm_step: expected 0 <= alpha_bar_t < alpha_bar_prev <= 1, got alpha_bar_t = 0.8 and alpha_bar_prev = 0.5")
     H.expect_error(function() core._ddim_step(xt, x0, nil, 0.5, 1.5, 0) end,
-      "ddim_step: expected 0 < alpha_bar_t < alpha_bar_prev <= 1")
+      "ddim_step: expected 0 <= alpha_bar_t < alpha_bar_prev <= 1")
+    H.expect_error(function() core._ddim_step(xt, x0, nil, -0.1, 0.5, 0) end,
+      "ddim_step: expected 0 <= alpha_bar_t < alpha_bar_prev <= 1, got alpha_bar_t = -0.1")
     H.expect_error(function() core._ddim_step(xt, D.zeros(2, 3), nil, 0.5, 0.6, 0) end,
       "ddim_step: x0 has shape {2,3} but x_t has shape {2,2}")
     H.expect_error(function() core._ddpm_step(xt, x0, D.zeros(4), 0.5, 0.6, false) end,
@@ -458,8 +462,11 @@ describe("invalid schedules", function()
       "schedule.from_alpha_bar: alpha_bar[3] is NaN")
     H.expect_error(function() schedule.from_alpha_bar(function(u) return 2 - u end, 4) end,
       "schedule.from_alpha_bar: alpha_bar[1] = 1.75 is not in (0, 1]")
-    H.expect_error(function() schedule.from_alpha_bar(function(u) return 1 - u end, 4) end,
-      "schedule.from_alpha_bar: alpha_bar[4] = 0 is not in (0, 1]")
+    -- 0 only at the last timestep (zero terminal SNR, spec/schedule_lab_spec.lua)
+    H.expect_error(function() schedule.from_alpha_bar(function(u) return u >= 0.5 and 0 or 1 - u end, 4) end,
+      "schedule.from_alpha_bar: alpha_bar[2] = 0 is not in (0, 1] (only the last, alpha_bar[4], may be 0)")
+    H.expect_error(function() schedule.from_alpha_bar(function(u) return 0.6 - u end, 4) end,
+      "schedule.from_alpha_bar: alpha_bar[3] = -0.15 is not in (0, 1]")
     H.expect_error(function() schedule.from_alpha_bar(function() return 1 end, 4) end,
       "schedule.from_alpha_bar: alpha_bar[1] = 1 is not below alpha_bar[0] = 1 (alpha_bar must be strictly decreasing from alpha_bar_0 = 1)")
     H.expect_error(function() schedule.from_alpha_bar(function() return "x" end, 4) end,
@@ -475,7 +482,7 @@ describe("invalid schedules", function()
     H.expect_error(function() schedule.from_betas { -0.1 } end, "schedule.from_betas: beta[1] = -0.1 is not in (0, 1]")
     H.expect_error(function() schedule.from_betas { 0.1, 0 / 0 } end, "schedule.from_betas: beta[2] is NaN")
     H.expect_error(function() schedule.from_betas { 0.1, 1, 0.2 } end,
-      "schedule.from_betas: alpha_bar[2] = 0 is not in (0, 1] (beta[2] = 1 leaves no signal)")
+      "schedule.from_betas: alpha_bar[2] = 0 is not in (0, 1] (beta[2] = 1 leaves no signal before the last timestep)")
     H.expect_error(function() schedule.from_betas { 0.1, 1e-17 } end, "schedule.from_betas: alpha_bar[2] = ")
     H.expect_error(function() schedule.from_betas {} end, "schedule.from_betas: T must be an integer >= 1, got 0")
     H.expect_error(function() schedule.from_betas(D.zeros(2, 2)) end, "schedule.from_betas: expected a 1-d tensor of betas")

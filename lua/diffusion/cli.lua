@@ -14,6 +14,10 @@ local D = require "diffusion"
 local cli = {}
 
 cli.MODELS = {
+  -- the shipped model: 28 x 28 as the data comes, one ResBlock per level down (two up), attention at 7 x 7
+  fashion = { channels = 32, groups = 8, mult = { 1, 2, 2 }, res_blocks = 1, attention = { 7 }, dropout = 0,
+              image_size = 28 },
+  -- the two benchmark U-Nets of ../shared/bench/torch_unet.py (on 32 x 32: the images padded by 2)
   tiny = { channels = 32, groups = 8, mult = { 1, 2, 2 }, res_blocks = 2, attention = { 8 }, dropout = 0.1 },
   small = { channels = 64, groups = 32, mult = { 1, 2, 2 }, res_blocks = 2, attention = { 8 }, dropout = 0.1 },
 }
@@ -41,10 +45,11 @@ local function number(name)
   end
 end
 
+-- kind: a schedule name with its transforms, as Schedule.kind spells it ("cosine+shift(2)")
 local function make_schedule(kind, T)
-  local make = D.schedule[kind]
-  if not make then die("unknown schedule '%s'", tostring(kind)) end
-  return make{ T = T }
+  local ok, sched = pcall(D.schedule.named, kind, T)
+  if not ok then die("schedule '%s': %s", tostring(kind), sched) end
+  return sched
 end
 
 -- A model file or a training checkpoint -> model (EMA weights), schedule, prediction, info
@@ -96,20 +101,30 @@ local function labels_for(spec, model, n)
   return D.full({ n }, c), 8
 end
 
+-- --schedule: sample on another schedule than the model's (a schedule.named kind, over the model's T)
+local function sampling_schedule(a, sched)
+  if not a.schedule then return sched end
+  local ok, s = pcall(D.schedule.named, a.schedule, sched.T)
+  if not ok then die("--schedule: %s", s) end
+  return s
+end
+
+-- Samples with the options of `sample` / `evaluate` (--sampler, --steps, --spacing, --eta,
+-- --guidance, --guidance-rescale); a sampler that takes no eta says so.
 local function sample_with(model, sched, prediction, a, y, n, seed)
-  local sampler = D.sample[a.sampler]
-  if not sampler then die("unknown sampler '%s' (ddim or ddpm)", a.sampler) end
   local cfg = model.config
   local opts = {
     n = y and y:size(1) or n, shape = { cfg.in_channels, cfg.image_size, cfg.image_size }, steps = a.steps,
-    seed = seed, y = y, prediction = prediction, progress = not a.quiet,
+    spacing = a.spacing, eta = a.eta, seed = seed, y = y, prediction = prediction, progress = not a.quiet,
   }
-  if a.sampler == "ddim" then opts.eta = a.eta end
   if y and a.guidance ~= 1 then
     opts.guidance, opts.null_class = a.guidance, cfg.num_classes + 1
+    if a.guidance_rescale > 0 then opts.guidance_rescale = a.guidance_rescale end
   end
   if a.trajectory then opts.trajectory, opts.trajectory_every = true, math.max(1, a.steps // 10) end
-  return sampler(model, sched, opts)
+  local ok, x, trajectory = pcall(D.sample.run, a.sampler, model, sampling_schedule(a, sched), opts)
+  if not ok then die("%s", x) end -- e.g. "sample.heun: unknown option 'eta'"
+  return x, trajectory
 end
 
 local function cmd_train(a)
@@ -121,7 +136,8 @@ local function cmd_train(a)
   config.groups = a.groups or config.groups
   D.manual_seed(a.seed)
   local model = D.UNet(config)
-  local data = D.data.fashion_mnist{ split = "train", pad_to = 32, limit = a.limit }
+  local size = config.image_size or 32
+  local data = D.data.fashion_mnist{ split = "train", pad_to = size ~= 28 and size or nil, limit = a.limit }
   print(model)
   print(string.format("training on %d images, %d steps of %d, %d threads", #data, a.steps, a.batch, D.get_num_threads()))
   local t0 = D.clock()
@@ -132,6 +148,11 @@ local function cmd_train(a)
     log = a.log, sample_every = a.sample_every, sample_path = a.samples,
   }
   print(string.format("done: step %d, %.0f s", info.step, D.clock() - t0))
+  if a.log and a.loss_plot then
+    local okp, ok, err = pcall(D.plot.loss_curve, a.log, a.loss_plot)
+    if not okp then ok, err = nil, ok end -- a log without a loss line: the training itself went well
+    if ok then print("wrote the loss curve to " .. a.loss_plot) else print("no loss curve: " .. tostring(err)) end
+  end
   if a.export then
     ema:copy_to(model)
     D.checkpoint.save(a.export, {
@@ -164,20 +185,29 @@ local function cmd_sample(a)
   end
 end
 
-local function cmd_evaluate(a)
-  if a.threads then D.set_num_threads(a.threads) end
-  local model, sched, prediction = load_model(a.ckpt)
-  local weights = D.load_safetensors(a.classifier) -- a plain state_dict, as classify_fashion.lua --save writes
-  if not weights then die("cannot open the classifier %s (train it with examples/classify_fashion.lua --save)", a.classifier) end
+-- The Fashion-MNIST classifier at path -> classify(x) -> (N) predicted classes 1..10
+local function load_classifier(path)
+  local weights = D.load_safetensors(path) -- a plain state_dict, as classify_fashion.lua --save writes
+  if not weights then die("cannot open the classifier %s (train it with examples/classify_fashion.lua --save)", path) end
   local classifier = require("diffusion.models").fashion_classifier()
   classifier:load_state_dict(weights)
   classifier:eval()
-  local classes = model.config.num_classes
-  local function classify(x)
-    -- samples are 32 x 32 (padded); the classifier sees the 28 x 28 centre
-    local crop = x:narrow(3, 3, 28):narrow(4, 3, 28)
+  return function(x)
+    -- samples of a model trained on padded images: the classifier sees the 28 x 28 centre
+    local border = (x:size(3) - 28) // 2
+    local crop = border > 0 and x:narrow(3, border + 1, 28):narrow(4, border + 1, 28) or x
     return D.no_grad(function() return classifier(crop):argmax(2) end)
   end
+end
+
+-- for scripts (examples/compare_samplers.lua): both die with a message on a bad file
+cli.load_model, cli.load_classifier = load_model, load_classifier
+
+local function cmd_evaluate(a)
+  if a.threads then D.set_num_threads(a.threads) end
+  local model, sched, prediction = load_model(a.ckpt)
+  local classify = load_classifier(a.classifier)
+  local classes = model.config.num_classes
   local t0 = D.clock()
   if classes > 0 then
     local correct, total = 0, 0
@@ -194,7 +224,9 @@ local function cmd_evaluate(a)
       a.guidance, D.clock() - t0))
   end
   local n = a.per_class * 10
-  local x = sample_with(model, sched, prediction, a, classes > 0 and D.full({ n }, classes + 1) or nil, n, a.seed)
+  -- the null label alone: guidance would only mix the null pass with itself (twice the work, the same images)
+  local unguided = setmetatable({ guidance = 1 }, { __index = a })
+  local x = sample_with(model, sched, prediction, unguided, classes > 0 and D.full({ n }, classes + 1) or nil, n, a.seed)
   local counts = {}
   local pred = classify(x)
   for i = 1, n do counts[pred[i]] = (counts[pred[i]] or 0) + 1 end
@@ -218,11 +250,28 @@ local function cmd_info(a)
   end
 end
 
+-- the sampler options of `sample` and `evaluate`
+local function sampler_options(cmd)
+  cmd:option("--sampler", "Sampler: " .. table.concat(D.sample.names, ", ") .. ".", "ddim"):choices(D.sample.names)
+  cmd:option("--steps", "Sampler steps.", "50"):convert(integer("--steps", 1))
+  cmd:option("--spacing", "Noise levels: leading, trailing or linspace timesteps; for the sigma samplers (euler, heun, "
+    .. "dpmpp_*) also karras (their default) or exponential. Default: the sampler's."):choices({ "leading", "trailing",
+    "linspace", "karras", "exponential" })
+  cmd:option("--schedule", "Sample on another schedule than the model's, over its T (e.g. cosine, or "
+    .. "cosine+rescale_zero_terminal_snr).")
+  cmd:option("--eta", "Noise scale of ddim (default 0), euler_ancestral and the *_sde samplers (default 1)."):convert(
+    number("--eta"))
+  cmd:option("--guidance", "Classifier-free guidance scale (1: none).", "2"):convert(number("--guidance"))
+  cmd:option("--guidance-rescale", "Guidance rescale phi in [0, 1] (Lin et al. 2023; 0: none).", "0"):convert(
+    number("--guidance-rescale"))
+end
+
 local function parser()
   local p = argparse("diffusion", "Train, sample and evaluate denoising diffusion models (Fashion-MNIST).")
   p:command_target("command")
   local train = p:command("train", "Train a denoising U-Net on Fashion-MNIST (resumes from its checkpoint).")
-  train:option("--model", "Model size: tiny (C = 32) or small (C = 64).", "tiny"):choices({ "tiny", "small" })
+  train:option("--model", "Model: fashion (the shipped one: C = 32, 28 x 28), or the benchmark's tiny (C = 32) "
+    .. "or small (C = 64) on 32 x 32.", "fashion"):choices({ "fashion", "tiny", "small" })
   train:flag("--unconditional", "No class labels (no guidance).")
   train:option("--channels", "Override the model's width C."):convert(integer("--channels", 2))
   train:option("--groups", "Override the model's GroupNorm groups."):convert(integer("--groups", 1))
@@ -243,6 +292,7 @@ local function parser()
   train:option("--checkpoint-every", "Steps between checkpoints.", "250"):convert(integer("--checkpoint-every", 1))
   train:flag("--no-resume", "Start afresh even when the checkpoint exists.")
   train:option("--log", "Loss per step, as CSV.", "loss.csv")
+  train:option("--loss-plot", "The loss curve (PNG) of the whole log, written at the end.", "loss.png")
   train:option("--samples", "Sample grids (%d = step).", "samples-%d.png")
   train:option("--sample-every", "Steps between sample grids (0: none).", "0"):convert(integer("--sample-every", 0))
   train:option("--export", "At the end, write the EMA weights and config here (the file to ship).")
@@ -250,10 +300,7 @@ local function parser()
   local sample = p:command("sample", "Generate images with a trained model.")
   sample:option("--ckpt", "A model file or a training checkpoint."):args(1):count(1)
   sample:option("--n", "How many images (per class with --class all: n / classes).", "80"):convert(integer("--n", 1))
-  sample:option("--steps", "Sampler steps.", "50"):convert(integer("--steps", 1))
-  sample:option("--sampler", "ddim or ddpm.", "ddim"):choices({ "ddim", "ddpm" })
-  sample:option("--eta", "DDIM's eta (0: deterministic).", "0"):convert(number("--eta"))
-  sample:option("--guidance", "Classifier-free guidance scale (1: none).", "2"):convert(number("--guidance"))
+  sampler_options(sample)
   sample:option("--class", "1..10, a class name, 'all' (a row per class) or 'none'.", "all")
   sample:option("--seed", "Seed of the noise.", "1"):convert(integer("--seed", 0))
   sample:option("--out", "The grid (PNG).", "samples.png")
@@ -265,10 +312,7 @@ local function parser()
   evaluate:option("--ckpt", "A model file or a training checkpoint."):args(1):count(1)
   evaluate:option("--classifier", "The classifier's weights.", CLASSIFIER)
   evaluate:option("--per-class", "Samples per class.", "100"):convert(integer("--per-class", 1))
-  evaluate:option("--steps", "Sampler steps.", "50"):convert(integer("--steps", 1))
-  evaluate:option("--sampler", "ddim or ddpm.", "ddim"):choices({ "ddim", "ddpm" })
-  evaluate:option("--eta", "DDIM's eta.", "0"):convert(number("--eta"))
-  evaluate:option("--guidance", "Guidance scale.", "2"):convert(number("--guidance"))
+  sampler_options(evaluate)
   evaluate:option("--seed", "Seed.", "1"):convert(integer("--seed", 0))
   evaluate:option("--threads", "Threads."):convert(integer("--threads", 1))
   evaluate:flag("--quiet", "No progress lines.")
