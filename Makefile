@@ -86,6 +86,42 @@ valgrind: $(MODULE)
 bench: $(MODULE)
 	@$(call test_env,$(BUILD)) $(LUA) examples/bench_tensor.lua
 
+# Fuzzing (spec/fuzz/, docs/robustness.md), with clang's libFuzzer + ASan + UBSan:
+#   make fuzz [FUZZ_SECONDS=60] [FUZZ_HARNESSES="idx image"]  fuzz each harness in turn
+#   make fuzz-replay   each seed and regression file once (no fuzzing)
+#   make fuzz-seeds    regenerate the seed corpora spec/fuzz/corpus/ with this build
+FUZZ_CC        ?= clang
+FUZZ_BUILD     ?= build-fuzz
+FUZZ_SECONDS   ?= 60
+FUZZ_HARNESSES ?= safetensors header idx image
+FUZZ_FLAGS     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CORE_OBJ  := $(CORE_SRC:csrc/%.c=$(FUZZ_BUILD)/obj/%.o)
+
+$(FUZZ_BUILD)/obj/%.o: csrc/%.c $(HEADERS) Makefile
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(DF_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/stb_impl.o: spec/fuzz/stb_impl.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -fno-sanitize=pointer-overflow,nonnull-attribute,shift $(STB_CFLAGS) -w -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: spec/fuzz/fuzz_%.c $(wildcard spec/fuzz/*.h) $(FUZZ_CORE_OBJ) $(FUZZ_BUILD)/stb_impl.o
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer $(DF_CFLAGS) $< $(FUZZ_CORE_OBJ) $(FUZZ_BUILD)/stb_impl.o \
+	  $(BLAS_LIBS) -lz -lm -lpthread -o $@
+
+fuzz: $(FUZZ_HARNESSES:%=$(FUZZ_BUILD)/fuzz_%)
+	@sh spec/fuzz/run.sh fuzz $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_HARNESSES)
+
+fuzz-replay: $(FUZZ_HARNESSES:%=$(FUZZ_BUILD)/fuzz_%)
+	@sh spec/fuzz/run.sh replay $(FUZZ_BUILD) 0 $(FUZZ_HARNESSES)
+
+fuzz-seeds: $(MODULE)
+	$(CC) $(STB_CFLAGS) spec/fuzz/write_images.c $(STB_LIBS) -lm -o $(BUILD)/write_images
+	@$(call test_env,$(BUILD)) $(LUA) spec/fuzz/make_seeds.lua spec/fuzz/corpus $(BUILD)/write_images
+
+.PHONY: fuzz fuzz-replay fuzz-seeds
+.SECONDARY: $(FUZZ_CORE_OBJ) $(FUZZ_BUILD)/stb_impl.o
+
 INST_LIBDIR ?= $(BUILD)/install/lib
 INST_LUADIR ?= $(BUILD)/install/lua
 install: $(MODULE)

@@ -19,6 +19,10 @@ local FORMAT = "diffusion-checkpoint-1"
 
 local is_tensor = util.is_tensor
 
+-- Non-finite numbers by name: "%.17g" would write "inf", which tonumber can't read back.
+local NONFINITE = { [math.huge] = "inf", [-math.huge] = "-inf" }
+local FROM_NAME = { inf = math.huge, ["-inf"] = -math.huge, nan = 0 / 0 }
+
 local function key_string(k, path)
   if math.type(k) == "integer" then return "#" .. k end
   if type(k) ~= "string" or k == "" or k:sub(1, 1) == "#" or k:find("/", 1, true) then
@@ -32,7 +36,8 @@ local function flatten(value, path, tensors, meta, seen)
   if is_tensor(value) then
     tensors[path] = value
   elseif type(value) == "number" then
-    meta[path] = "n:" .. (math.type(value) == "integer" and tostring(value) or string.format("%.17g", value))
+    meta[path] = "n:" .. (math.type(value) == "integer" and tostring(value) or NONFINITE[value] or value ~= value and "nan"
+      or string.format("%.17g", value))
   elseif type(value) == "string" then
     meta[path] = "s:" .. value
   elseif type(value) == "boolean" then
@@ -69,7 +74,9 @@ end
 
 local function decode(text, name, path)
   local kind, body = text:match("^(%a):(.*)$")
-  if kind == "n" and tonumber(body) then
+  if kind == "n" and FROM_NAME[body] then
+    return FROM_NAME[body]
+  elseif kind == "n" and tonumber(body) then
     return math.tointeger(tonumber(body)) or tonumber(body)
   elseif kind == "s" then
     return body
@@ -110,10 +117,17 @@ function checkpoint.load(path)
     error(string.format("checkpoint.load: %s is not a diffusion checkpoint (format %s); "
       .. "D.load_safetensors reads any safetensors file", path, tostring(meta.__format)), 2)
   end
+  -- entries in name order, so a malformed file always gets the same error
+  local names = {}
+  for name in pairs(tensors) do names[#names + 1] = name end
+  for name in pairs(meta) do
+    if name ~= "__format" then names[#names + 1] = name end
+  end
+  table.sort(names)
   local root = {}
-  for name, t in pairs(tensors) do insert(root, name, t, path) end
-  for name, text in pairs(meta) do
-    if name ~= "__format" then insert(root, name, decode(text, name, path), path) end
+  for _, name in ipairs(names) do
+    local t = tensors[name]
+    insert(root, name, t ~= nil and t or decode(meta[name], name, path), path)
   end
   return root
 end

@@ -4,7 +4,7 @@
 --   D.image.save(x, "out.png")
 --   D.image.save_grid(samples, "grid.png", {nrow = 8})  -- samples (N, C, H, W)
 --
--- Decoding is stb_image (PNG, JPEG, BMP, GIF, TGA, PSD, PNM, HDR); saving
+-- Decoding is stb_image (PNG, JPEG, BMP, GIF, PNM); saving
 -- writes 8-bit PNGs with stb_image_write, atomically (a temporary file next
 -- to the target, fsynced, renamed over it). Values map linearly between
 -- bytes 0..255 and a range: "[-1,1]" (the default, a model's space),
@@ -16,7 +16,8 @@ local core = require "diffusion.core"
 
 local image = {}
 
---- The default cap on width * height * channels of a decoded image.
+--- The default cap on width * height * channels of a decoded image (checked
+-- from the file's header before decoding); set it to change the default.
 image.MAX_VALUES = 64 << 20
 
 local RANGES = {
@@ -82,7 +83,8 @@ function image.load(path, opts)
   if channels ~= 0 and channels ~= 1 and channels ~= 3 then
     fail("image.load", "channels must be 1 or 3, got %s", tostring(opts.channels))
   end
-  local cap = opts.max_pixels and positive_int("image.load", "max_pixels", opts.max_pixels) or 0
+  local cap = positive_int("image.load", opts.max_pixels and "max_pixels" or "image.MAX_VALUES",
+    opts.max_pixels or image.MAX_VALUES)
   local size = opts.size and positive_int("image.load", "size", opts.size)
   local x, err = core._image_load(path, channels, cap, lo, hi)
   if not x then return nil, err end

@@ -15,10 +15,16 @@
 -- and at the end; with resume (the default) a run that finds its checkpoint
 -- continues from it, and continues exactly: N steps, a stop, a resume and N
 -- more give the same weights as 2N steps in one go (same seed and threads).
+-- A loss or gradient that becomes NaN or Inf stops the run with an error
+-- naming the step and the first tensor where it appeared (the loss, or the
+-- first parameter in model order), before the optimizer step; a parameter
+-- that becomes NaN or Inf is caught before it is saved. Nothing is written
+-- after that, so the last good checkpoint stays on disk.
 local core = require "diffusion.core"
 local optim = require "diffusion.optim"
 local checkpoint = require "diffusion.checkpoint"
 local new_progress = require "diffusion.progress"
+local util = require "diffusion.util"
 
 local DEFAULTS = {
   steps = 1000, batch = 128, lr = 2e-4, warmup = 500, weight_decay = 0, clip = 1.0, ema = 0.9995,
@@ -77,6 +83,27 @@ local function batch_at(o, step)
   cache.next = index + 1
   local _, x, y = cache.iter()
   return x, y
+end
+
+-- True when x holds a NaN or an infinity. The sum (accumulated in double)
+-- catches both in one pass; a finite tensor whose float sum overflows is
+-- told apart by its largest magnitude.
+local function nonfinite(x)
+  local s = x:sum():item()
+  if s == s and s > -math.huge and s < math.huge then return false end
+  local m = x:abs():max():item()
+  return not (m == m and m < math.huge)
+end
+
+-- The name of the first parameter (in model order) whose gradient, or
+-- (with which = "value") whose value holds NaN or Inf; nil when none does.
+local function first_nonfinite(model, which)
+  return util.no_grad(function()
+    for _, entry in ipairs(model:named_parameters()) do
+      local t = which == "value" and entry[2] or entry[2].grad
+      if t and nonfinite(t) then return entry[1] end
+    end
+  end)
 end
 
 local function state_of(o, model, ema, opt, gen, step)
@@ -146,6 +173,15 @@ return function(opts)
   local log = o.log and assert(io.open(o.log, start > 0 and "a" or "w"))
   local bar = o.progress and new_progress{ total = o.steps, label = "train" }
   local losses = {}
+  local saved_step = start > 0 and start or nil -- the last checkpoint on disk
+  -- Stops the run: nothing is saved from here, so the last good checkpoint stays.
+  local function stop(step, what)
+    if log then log:close() end
+    local kept = not o.checkpoint and "no checkpoint was configured"
+      or saved_step and string.format("the last good checkpoint (step %d) is kept in %s", saved_step, o.checkpoint)
+      or "no checkpoint had been written yet"
+    error(string.format("train: step %d: %s; stopped without saving (%s)", step, what, kept), 0)
+  end
   for step = start + 1, o.steps do
     local x0, y = batch_at(o, step)
     local n = x0:size(1)
@@ -159,20 +195,28 @@ return function(opts)
     local xt = sched:add_noise(x0, noise, t)
     local target = sched:target(x0, noise, t, o.prediction)
     local loss = core.mse_loss(model(xt, t, y), target)
+    local value = loss:item()
+    if value ~= value or value == math.huge or value == -math.huge then
+      stop(step, string.format("the loss is %s (the first non-finite value: the batch, the model's output or the weights)", value))
+    end
     opt:zero_grad()
     loss:backward()
+    local bad = first_nonfinite(model)
+    if bad then stop(step, "the gradient of " .. bad .. " holds NaN or Inf (the first parameter where it appears)") end
     if o.clip and o.clip > 0 then optim.clip_grad_norm(model:parameters(), o.clip) end
     opt.lr = lr_at(step)
     opt:step()
     ema:update()
-    local value = loss:item()
     losses[#losses + 1] = value
     if log then log:write(string.format("%d,%.6g\n", step, value)) end
     if bar then bar:update(step, { loss = value }, n) end
     if o.on_step then o.on_step(step, value) end
     if o.checkpoint and (step % math.max(1, o.checkpoint_every) == 0 or step == o.steps) then
       if log then log:flush() end
+      local broken = first_nonfinite(model, "value")
+      if broken then stop(step, "parameter " .. broken .. " became NaN or Inf in the optimizer step (is lr too large?)") end
       checkpoint.save(o.checkpoint, state_of(o, model, ema, opt, gen, step))
+      saved_step = step
     end
     if o.sample_every > 0 and step % o.sample_every == 0 then sample_grid(o, model, ema, step) end
   end
