@@ -96,6 +96,19 @@ describe("train", function()
     assert.is_not_nil(ema)
   end)
 
+  it("weights each sample's error by sched:loss_weight", function()
+    local _, _, plain = run(1)
+    -- gamma far above every SNR: min(snr, gamma) / snr = 1, the plain loss again
+    local _, _, same = run(1, { loss_weight = "min_snr", min_snr_gamma = 1e12 })
+    H.assert_close(plain.losses[1], same.losses[1], 1e-5)
+    -- a tiny gamma weights every sample by gamma / snr < 1
+    local _, _, small = run(1, { loss_weight = "min_snr", min_snr_gamma = 1e-4 })
+    assert.is_true(small.losses[1] < 0.5 * plain.losses[1], string.format("%g vs %g", small.losses[1], plain.losses[1]))
+    -- snr + 1 on epsilon: (snr + 1) / snr > 1
+    local _, _, big = run(1, { loss_weight = "snr_plus_one" })
+    assert.is_true(big.losses[1] > plain.losses[1], string.format("%g vs %g", big.losses[1], plain.losses[1]))
+  end)
+
   it("writes a checkpoint holding the model, EMA, optimizer, step and generator", function()
     local ck = tmp()
     run(4, { checkpoint = ck, checkpoint_every = 2 })
@@ -135,6 +148,8 @@ describe("train", function()
     expect_error(function() D.train(with("steps", -1)) end, "steps must be a non-negative integer")
     expect_error(function() D.train(with("prediction", "noise")) end, 'prediction must be "epsilon", "x0" or "v"')
     expect_error(function() D.train(with("cfg_dropout", 1)) end, "cfg_dropout must be in [0, 1)")
+    expect_error(function() D.train(with("loss_weight", "snr")) end, 'loss_weight must be "uniform", "min_snr" or "snr_plus_one"')
+    expect_error(function() D.train(with("min_snr_gamma", 0)) end, "min_snr_gamma must be a number > 0")
     expect_error(function() D.train(with("model", {})) end, "model must be a D.UNet")
     expect_error(function() D.train(with("data", D.data.Dataset{ images = D.zeros(4, 1, 8, 8) })) end,
       "a class-conditional model needs a dataset with labels")

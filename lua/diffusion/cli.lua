@@ -144,6 +144,7 @@ local function cmd_train(a)
   local _, ema, info = D.train{
     model = model, schedule = make_schedule(a.schedule, a.T), data = data, steps = a.steps, batch = a.batch,
     lr = a.lr, warmup = a.warmup, ema = a.ema, clip = a.clip, prediction = a.prediction, cfg_dropout = a.cfg_dropout,
+    loss_weight = a.loss_weight, min_snr_gamma = a.min_snr_gamma,
     seed = a.seed, checkpoint = a.checkpoint, checkpoint_every = a.checkpoint_every, resume = not a.no_resume,
     log = a.log, sample_every = a.sample_every, sample_path = a.samples,
   }
@@ -285,6 +286,9 @@ local function parser()
   train:option("--schedule", "Noise schedule.", "cosine"):choices({ "linear", "cosine", "scaled_linear", "sigmoid" })
   train:option("--T", "Diffusion steps.", "1000"):convert(integer("--T", 1))
   train:option("--prediction", "What the model predicts.", "epsilon"):choices({ "epsilon", "x0", "v" })
+  train:option("--loss-weight", "Per-sample loss weight: uniform, min_snr (min(SNR, gamma), in the prediction's "
+    .. "form) or snr_plus_one.", "uniform"):choices({ "uniform", "min_snr", "snr_plus_one" })
+  train:option("--min-snr-gamma", "gamma of --loss-weight min_snr.", "5"):convert(number("--min-snr-gamma"))
   train:option("--cfg-dropout", "How often a label is dropped to the null class.", "0.1"):convert(number("--cfg-dropout"))
   train:option("--seed", "Seed of the run.", "0"):convert(integer("--seed", 0))
   train:option("--threads", "Threads (default: all cores)."):convert(integer("--threads", 1))

@@ -7,7 +7,9 @@
 --
 -- Each step: a batch x0 (and its labels), timesteps t and noise from the
 -- run's own generator, x_t = add_noise(x0, noise, t), the model's prediction
--- of the target (epsilon, x0 or v) under MSE, AdamW with warm-up, gradient
+-- of the target (epsilon, x0 or v) under MSE (each sample weighted by
+-- sched:loss_weight with loss_weight = "min_snr" (gamma min_snr_gamma) or
+-- "snr_plus_one"; "uniform" by default), AdamW with warm-up, gradient
 -- clipping, an EMA of the weights. With num_classes, a label is replaced by
 -- the null class (num_classes + 1) with probability cfg_dropout, which is
 -- what classifier-free guidance needs. A checkpoint (model, EMA, optimizer,
@@ -28,7 +30,8 @@ local util = require "diffusion.util"
 
 local DEFAULTS = {
   steps = 1000, batch = 128, lr = 2e-4, warmup = 500, weight_decay = 0, clip = 1.0, ema = 0.9995,
-  prediction = "epsilon", cfg_dropout = 0.1, seed = 0, checkpoint_every = 500, resume = true,
+  prediction = "epsilon", loss_weight = "uniform", min_snr_gamma = 5, cfg_dropout = 0.1, seed = 0,
+  checkpoint_every = 500, resume = true,
   progress = true, sample_every = 0, sample_n = 0,
 }
 local KNOWN = {
@@ -60,6 +63,12 @@ local function check(opts)
   end
   if o.prediction ~= "epsilon" and o.prediction ~= "x0" and o.prediction ~= "v" then
     fail('prediction must be "epsilon", "x0" or "v", got %s', tostring(o.prediction))
+  end
+  if o.loss_weight ~= "uniform" and o.loss_weight ~= "min_snr" and o.loss_weight ~= "snr_plus_one" then
+    fail('loss_weight must be "uniform", "min_snr" or "snr_plus_one", got %s', tostring(o.loss_weight))
+  end
+  if not (type(o.min_snr_gamma) == "number" and o.min_snr_gamma > 0) then
+    fail("min_snr_gamma must be a number > 0, got %s", tostring(o.min_snr_gamma))
   end
   local classes = o.model.config.num_classes
   if classes > 0 and not o.data.labels then fail("a class-conditional model needs a dataset with labels") end
@@ -194,7 +203,17 @@ return function(opts)
     end
     local xt = sched:add_noise(x0, noise, t)
     local target = sched:target(x0, noise, t, o.prediction)
-    local loss = core.mse_loss(model(xt, t, y), target)
+    local loss
+    if o.loss_weight == "uniform" then
+      loss = core.mse_loss(model(xt, t, y), target)
+    else -- each sample's squared error weighted by its timestep's weight (Hang et al. 2023 for min-SNR)
+      local weight = sched:loss_weight(t, o.loss_weight, {
+        prediction = o.prediction, gamma = o.loss_weight == "min_snr" and o.min_snr_gamma or nil })
+      local dims = {}
+      for d = 2, x0:dim() do dims[#dims + 1] = d end
+      local err = model(xt, t, y) - target
+      loss = ((err * err):mean(dims) * weight):mean()
+    end
     local value = loss:item()
     if value ~= value or value == math.huge or value == -math.huge then
       stop(step, string.format("the loss is %s (the first non-finite value: the batch, the model's output or the weights)", value))
