@@ -43,6 +43,7 @@ int check_shape(lua_State *L, int arg, int *ndim, int64_t *size);
 void check_shape_end(lua_State *L, int arg);
 void push_shape(lua_State *L, const df_tensor *t);
 df_generator *opt_generator(lua_State *L, int arg);
+double *check_numbers(lua_State *L, int arg, int64_t *n); /* a list or 1-d tensor, in a userdata left on the stack */
 /* Sets each of `both` as D.name and x:name, each of `module_only` as D.name. */
 void df_lua_register(lua_State *L, int module, int methods, const luaL_Reg *both, const luaL_Reg *module_only);
 

@@ -179,6 +179,31 @@ static int l_shape_eq(lua_State *L) {
 
 /* ---- generators --------------------------------------------------------- */
 
+/* the numbers at arg (a list, or a 1-d tensor) as doubles, in a userdata left on the stack */
+double *check_numbers(lua_State *L, int arg, int64_t *n) {
+  df_tensor *t = test_tensor(L, arg);
+  if (t) {
+    if (t->ndim != 1) luaL_argerror(L, arg, "expected a 1-d tensor of values");
+    *n = t->size[0];
+    double *v = lua_newuserdatauv(L, sizeof(double) * (size_t)(*n ? *n : 1), 0);
+    const float *p = t->storage->data + t->offset;
+    for (int64_t i = 0; i < *n; i++) v[i] = p[i * t->stride[0]];
+    return v;
+  }
+  luaL_checktype(L, arg, LUA_TTABLE);
+  *n = (int64_t)lua_rawlen(L, arg);
+  double *v = lua_newuserdatauv(L, sizeof(double) * (size_t)(*n ? *n : 1), 0);
+  for (int64_t i = 0; i < *n; i++) {
+    lua_rawgeti(L, arg, (lua_Integer)i + 1);
+    int isnum;
+    v[i] = lua_tonumberx(L, -1, &isnum);
+    if (!isnum)
+      luaL_argerror(L, arg, lua_pushfstring(L, "value %I must be a number, got %s", (lua_Integer)i + 1, luaL_typename(L, -1)));
+    lua_pop(L, 1);
+  }
+  return v;
+}
+
 df_generator *opt_generator(lua_State *L, int arg) {
   if (lua_isnoneornil(L, arg)) return df_default_generator();
   generator_box *box = luaL_checkudata(L, arg, GENERATOR_MT);

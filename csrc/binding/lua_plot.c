@@ -29,22 +29,6 @@ static int l_plot_fill(lua_State *L) {
   return 0;
 }
 
-/* the numbers of the list at arg as doubles, in a userdata left on the stack */
-static double *check_numbers(lua_State *L, int arg, int64_t *n) {
-  luaL_checktype(L, arg, LUA_TTABLE);
-  *n = (int64_t)lua_rawlen(L, arg);
-  double *v = lua_newuserdatauv(L, sizeof(double) * (size_t)(*n ? *n : 1), 0);
-  for (int64_t i = 0; i < *n; i++) {
-    lua_rawgeti(L, arg, (lua_Integer)i + 1);
-    int isnum;
-    v[i] = lua_tonumberx(L, -1, &isnum);
-    if (!isnum)
-      luaL_argerror(L, arg, lua_pushfstring(L, "value %I must be a number, got %s", (lua_Integer)i + 1, luaL_typename(L, -1)));
-    lua_pop(L, 1);
-  }
-  return v;
-}
-
 static int l_plot_polyline(lua_State *L) {
   lua_settop(L, 11);
   df_tensor *canvas = check_tensor(L, 1);

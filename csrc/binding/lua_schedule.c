@@ -21,31 +21,6 @@ static int l_schedule_box_gc(lua_State *L) {
   return 0;
 }
 
-/* the parameters at arg as doubles, in a userdata left on the stack */
-static double *check_params(lua_State *L, int arg, int64_t *n) {
-  df_tensor *t = test_tensor(L, arg);
-  if (t) {
-    if (t->ndim != 1) luaL_argerror(L, arg, "expected a 1-d tensor of values");
-    *n = t->size[0];
-    double *v = lua_newuserdatauv(L, sizeof(double) * (size_t)(*n ? *n : 1), 0);
-    const float *p = t->storage->data + t->offset;
-    for (int64_t i = 0; i < *n; i++) v[i] = p[i * t->stride[0]];
-    return v;
-  }
-  luaL_checktype(L, arg, LUA_TTABLE);
-  *n = (int64_t)lua_rawlen(L, arg);
-  double *v = lua_newuserdatauv(L, sizeof(double) * (size_t)(*n ? *n : 1), 0);
-  for (int64_t i = 0; i < *n; i++) {
-    lua_rawgeti(L, arg, (lua_Integer)i + 1);
-    int isnum;
-    v[i] = lua_tonumberx(L, -1, &isnum);
-    if (!isnum)
-      luaL_argerror(L, arg, lua_pushfstring(L, "value %I must be a number, got %s", (lua_Integer)i + 1, luaL_typename(L, -1)));
-    lua_pop(L, 1);
-  }
-  return v;
-}
-
 static int l_schedule(lua_State *L) {
   const char *kind_name = luaL_checkstring(L, 1);
   int64_t T = check_int(L, 2);
@@ -54,7 +29,7 @@ static int l_schedule(lua_State *L) {
   while (kind < DF_SCHEDULE_KIND_COUNT && strcmp(df_schedule_kind_names[kind], kind_name) != 0) kind++;
   if (kind == DF_SCHEDULE_KIND_COUNT) return luaL_argerror(L, 1, lua_pushfstring(L, "unknown schedule kind '%s'", kind_name));
   int64_t n;
-  double *params = check_params(L, 3, &n);
+  double *params = check_numbers(L, 3, &n);
   df_schedule *s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, SCHEDULE_BOX_MT);
