@@ -14,7 +14,7 @@
 --
 -- Options: --ckpt (examples/models/fashion-unet.safetensors), --out, --class
 -- (classes, numbers or names, comma-separated: "1,2,8,9"), --samplers (all),
--- --guidance (2), --seed (1), --per-class (100), --classifier, --threads.
+-- --guidance (3), --seed (1), --per-class (100), --classifier, --threads.
 local D = require "diffusion"
 local cli = require "diffusion.cli"
 local argparse = require "argparse"
@@ -26,7 +26,7 @@ p:option("--out", "The picture (PNG).", "docs/samplers.png")
 p:option("--class", "The classes of the images in each cell (numbers or names, comma-separated).", "1,2,8,9")
 p:option("--samplers", "Comma-separated samplers.", table.concat(D.sample.names, ","))
 p:option("--steps", "Step counts of the picture's columns.", "5,10,20,50")
-p:option("--guidance", "Classifier-free guidance scale.", "2"):convert(tonumber)
+p:option("--guidance", "Classifier-free guidance scale.", "3"):convert(tonumber)
 p:option("--seed", "Seed of the noise.", "1"):convert(math.tointeger)
 p:flag("--accuracy", "Print the quality table instead of drawing the picture.")
 p:option("--accuracy-steps", "Step counts of the table.", "10,20,50")

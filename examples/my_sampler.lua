@@ -1,7 +1,7 @@
 -- my_sampler.lua: write your own sampler in ten lines, on the library's denoiser.
 --
 --   lua5.4 examples/my_sampler.lua [--ckpt examples/models/fashion-unet.safetensors]
---                                  [--out my_sampler.png] [--steps 20] [--guidance 2] [--seed 1]
+--                                  [--out my_sampler.png] [--steps 20] [--guidance 3] [--seed 1]
 --
 -- D.sample.denoiser wraps the model whatever it was trained to predict
 -- (epsilon, x0 or v), with classifier-free guidance, into
@@ -17,7 +17,7 @@ local p = argparse("my_sampler.lua", "A plain Euler sampler, written here, on th
 p:option("--ckpt", "The model file.", "examples/models/fashion-unet.safetensors")
 p:option("--out", "The grid (PNG).", "my_sampler.png")
 p:option("--steps", "Steps.", "20"):convert(math.tointeger)
-p:option("--guidance", "Classifier-free guidance scale.", "2"):convert(tonumber)
+p:option("--guidance", "Classifier-free guidance scale.", "3"):convert(tonumber)
 p:option("--seed", "Seed of the noise.", "1"):convert(math.tointeger)
 local args = p:parse()
 

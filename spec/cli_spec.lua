@@ -64,12 +64,21 @@ describe("the diffusion command", function()
     os.remove(traj)
   end)
 
+  it("samples from the shipped model by default, a row per class", function()
+    local png = tmp(".png")
+    local status, out = run(string.format("sample --n 10 --steps 2 --out %s --quiet", png))
+    assert.are.equal(0, status, out)
+    assert.is_truthy(out:find("guidance 3", 1, true), out)
+    assert.are.same({ 1, 10 * 30 + 2, 30 + 2 }, D.image.load(png):shape())
+    os.remove(png)
+  end)
+
   it("says what is wrong, with a non-zero status", function()
     local cases = {
       { "sample --ckpt /nonexistent/x", "cannot open /nonexistent/x" },
       { "sample --ckpt " .. model .. " --class 11", "--class must be 1..10" },
       { "sample --ckpt " .. model .. " --steps 0", "--steps must be an integer >= 1" },
-      { "sample", "missing option '--ckpt'" },
+      { "sample --n 0", "--n must be an integer >= 1" },
       { "sample --ckpt examples/models/fashion-classifier.safetensors", "is not a diffusion checkpoint" },
       { "train --steps 0", "--steps must be an integer >= 1" },
       { "frobnicate", "unknown command 'frobnicate'" },

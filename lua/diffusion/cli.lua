@@ -23,6 +23,7 @@ cli.MODELS = {
 }
 
 local CLASSIFIER = "examples/models/fashion-classifier.safetensors"
+local SHIPPED = "examples/models/fashion-unet.safetensors" -- relative: run from the repository's root
 
 local function die(fmt, ...)
   io.stderr:write("diffusion: ", string.format(fmt, ...), "\n")
@@ -56,7 +57,9 @@ end
 local function load_model(path)
   local ok, ck = pcall(D.checkpoint.load, path)
   if not ok then die("%s", ck) end
-  if not ck then die("cannot open %s", path) end
+  if not ck then
+    die("cannot open %s%s", path, path == SHIPPED and " (the shipped model: run from the repository's root, or give --ckpt)" or "")
+  end
   local weights, train
   if ck.kind == "diffusion-model" then
     weights, train = ck.model, ck.train
@@ -175,8 +178,8 @@ local function cmd_sample(a)
   print(string.format("wrote %s: %d samples, %s %d steps%s, %.1f s", a.out, x:size(1), a.sampler, a.steps,
     y and string.format(", guidance %g", a.guidance) or "", D.clock() - t0))
   if a.trajectory and trajectory then
-    -- one row per sample (at most 8), noise on the left, the image on the right
-    local rows = math.min(8, x:size(1))
+    -- one row per sample (at most 10), noise on the left, the image on the right
+    local rows = math.min(10, x:size(1))
     local frames = {}
     for i, xt in ipairs(trajectory) do frames[i] = xt:narrow(1, 1, rows) end
     frames[#frames + 1] = x:narrow(1, 1, rows)
@@ -262,7 +265,8 @@ local function sampler_options(cmd)
     .. "cosine+rescale_zero_terminal_snr).")
   cmd:option("--eta", "Noise scale of ddim (default 0), euler_ancestral and the *_sde samplers (default 1)."):convert(
     number("--eta"))
-  cmd:option("--guidance", "Classifier-free guidance scale (1: none).", "2"):convert(number("--guidance"))
+  cmd:option("--guidance", "Classifier-free guidance scale (1: none; 3 suits the shipped model).", "3"):convert(
+    number("--guidance"))
   cmd:option("--guidance-rescale", "Guidance rescale phi in [0, 1] (Lin et al. 2023; 0: none).", "0"):convert(
     number("--guidance-rescale"))
 end
@@ -302,7 +306,7 @@ local function parser()
   train:option("--export", "At the end, write the EMA weights and config here (the file to ship).")
 
   local sample = p:command("sample", "Generate images with a trained model.")
-  sample:option("--ckpt", "A model file or a training checkpoint."):args(1):count(1)
+  sample:option("--ckpt", "A model file or a training checkpoint.", SHIPPED)
   sample:option("--n", "How many images (per class with --class all: n / classes).", "80"):convert(integer("--n", 1))
   sampler_options(sample)
   sample:option("--class", "1..10, a class name, 'all' (a row per class) or 'none'.", "all")
@@ -313,7 +317,7 @@ local function parser()
   sample:flag("--quiet", "No progress line.")
 
   local evaluate = p:command("evaluate", "Classify generated images with the Fashion-MNIST classifier.")
-  evaluate:option("--ckpt", "A model file or a training checkpoint."):args(1):count(1)
+  evaluate:option("--ckpt", "A model file or a training checkpoint.", SHIPPED)
   evaluate:option("--classifier", "The classifier's weights.", CLASSIFIER)
   evaluate:option("--per-class", "Samples per class.", "100"):convert(integer("--per-class", 1))
   sampler_options(evaluate)
