@@ -470,11 +470,11 @@ describe("the sampler examples and the command's sampler options", function()
       .. "--spacing exponential --schedule cosine+rescale_zero_terminal_snr --guidance-rescale 0.7 --out %s --quiet",
       model_path, png))
     assert.are.equal(0, status, out)
-    assert.is_truthy(out:find("10 samples, dpmpp_2m_sde 3 steps, guidance 2", 1, true), out)
+    assert.is_truthy(out:find("10 samples, dpmpp_2m_sde 3 steps, guidance 3", 1, true), out)
     assert.are.same({ 1, 10 * 30 + 2, 30 + 2 }, D.image.load(png):shape())
     status, out = run(cmd .. string.format("evaluate --ckpt %s --per-class 1 --steps 2 --sampler heun --quiet", model_path))
     assert.are.equal(0, status, out)
-    assert.is_truthy(out:find("(1 per class, heun 2 steps, guidance 2)", 1, true), out)
+    assert.is_truthy(out:find("(1 per class, heun 2 steps, guidance 3)", 1, true), out)
     for _, case in ipairs {
       { "--sampler heun --eta 1", "sample.heun: unknown option 'eta'" },
       { "--sampler ddim --spacing karras", 'sample.ddim: spacing must be "leading", "trailing" or "linspace", got karras' },
