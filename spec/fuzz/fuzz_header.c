@@ -22,15 +22,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const char *path = fuzz_scratch("header");
   fuzz_write(path, file, total);
   free(file);
-  df_safetensors *ck = NULL;
-  df_status st = df_safetensors_load(&ck, path);
-  if (st) {
-    fuzz_check_message(st);
-    fuzz_remove_scratch();
-    return 0;
-  }
-  check_loaded_checkpoint(ck, path, total);
-  df_safetensors_free(ck);
-  fuzz_remove_scratch();
-  return 0;
+  return load_and_check(path, total);
 }

@@ -46,4 +46,19 @@ static void check_loaded_checkpoint(const df_safetensors *ck, const char *path, 
   df_safetensors_free(again);
 }
 
+/* Loads the file at path (file_size bytes): a clean error, or a checkpoint
+ * that passes check_loaded_checkpoint; then removes the scratch file. */
+static int load_and_check(const char *path, size_t file_size) {
+  df_safetensors *ck = NULL;
+  df_status st = df_safetensors_load(&ck, path);
+  if (st) {
+    fuzz_check_message(st);
+  } else {
+    check_loaded_checkpoint(ck, path, file_size);
+    df_safetensors_free(ck);
+  }
+  fuzz_remove_scratch();
+  return 0;
+}
+
 #endif
