@@ -1003,10 +1003,9 @@ function Schedule:target(x0, noise, t, prediction)
   return (combine(op, coef(self, "sqrt_alpha_bar", t, op), noise, -(coef(self, "sqrt_one_minus_alpha_bar", t, op)), x0))
 end
 
---- sched:predict_x0_eps(model_output, xt, t, prediction) -> x0_pred, eps_pred:
--- the inverse of target given x_t = sqrt(ab) x0 + sqrt(1 - ab) eps
-function Schedule:predict_x0_eps(out, xt, t, prediction)
-  local op = "predict_x0_eps"
+-- x0 (and eps when want_eps) from the model output at x_t = sqrt(ab) x0 + sqrt(1 - ab) eps;
+-- op names the public method in errors
+local function x0_and_eps(self, op, out, xt, t, prediction, want_eps)
   prediction = prediction or "epsilon"
   check_prediction(op, prediction)
   t = check_t(self, op, t, xt)
@@ -1016,25 +1015,21 @@ function Schedule:predict_x0_eps(out, xt, t, prediction)
   if prediction == "epsilon" then -- x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)
     return combine(op, 1 / sa, xt, -(coef(self, "sigma", t, op)), out), out
   elseif prediction == "x0" then -- eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)
-    return out, combine(op, 1 / s1, xt, -(sa / s1), out)
+    return out, want_eps and combine(op, 1 / s1, xt, -(sa / s1), out) or nil
   end
   -- v: x0 = sqrt(ab) x_t - sqrt(1 - ab) v, eps = sqrt(1 - ab) x_t + sqrt(ab) v
-  return combine(op, sa, xt, -s1, out), combine(op, s1, xt, sa, out)
+  return combine(op, sa, xt, -s1, out), want_eps and combine(op, s1, xt, sa, out) or nil
 end
 
---- sched:predict_x0(model_output, xt, t, prediction) -> x0_pred only (the samplers' need)
+--- sched:predict_x0_eps(model_output, xt, t, prediction) -> x0_pred, eps_pred:
+-- the inverse of target given x_t = sqrt(ab) x0 + sqrt(1 - ab) eps
+function Schedule:predict_x0_eps(out, xt, t, prediction)
+  return x0_and_eps(self, "predict_x0_eps", out, xt, t, prediction, true)
+end
+
+--- sched:predict_x0(model_output, xt, t, prediction) -> x0_pred only
 function Schedule:predict_x0(out, xt, t, prediction)
-  local op = "predict_x0"
-  prediction = prediction or "epsilon"
-  check_prediction(op, prediction)
-  t = check_t(self, op, t, xt)
-  check_same(op, xt, "xt", out, "the model output")
-  check_eps_defined(self, op, t, prediction)
-  if prediction == "x0" then return out end
-  if prediction == "epsilon" then
-    return (combine(op, 1 / (coef(self, "sqrt_alpha_bar", t, op)), xt, -(coef(self, "sigma", t, op)), out))
-  end
-  return (combine(op, coef(self, "sqrt_alpha_bar", t, op), xt, -(coef(self, "sqrt_one_minus_alpha_bar", t, op)), out))
+  return (x0_and_eps(self, "predict_x0", out, xt, t, prediction, false))
 end
 
 return schedule
