@@ -3,7 +3,8 @@
 #   make test     run the whole suite (last line: "N passed, M failed")
 #   make asan     the suite under AddressSanitizer + UBSan
 #   make valgrind the suite under valgrind's leak checker
-#   make bench    examples/bench_tensor.lua
+#   make bench    examples/benchmark.lua: diffusion vs PyTorch (BENCH_ARGS="--configs tiny ...")
+#   make bench-tensor  examples/bench_tensor.lua: matmul vs raw sgemm, elementwise bandwidth
 #   make clean
 # luarocks (rockspec/diffusion-scm-1.rockspec) calls `make` and `make install`
 # with CFLAGS, LIBFLAG, LUA_INCDIR, INST_LIBDIR and INST_LUADIR set.
@@ -45,7 +46,7 @@ test_env = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec
            LUA_CPATH="$(CURDIR)/$(1)/?.so;;"
 SPECS ?= spec
 
-.PHONY: all test asan valgrind bench install clean
+.PHONY: all test asan valgrind bench bench-tensor install clean
 
 all: $(MODULE)
 
@@ -83,7 +84,11 @@ valgrind: $(MODULE)
 	@$(call test_env,$(BUILD)) valgrind --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite --error-exitcode=3 -q \
 	  $(LUA) $(BUSTED) --output=spec/summary_output.lua $(SPECS)
 
+BENCH_ARGS ?=
 bench: $(MODULE)
+	@$(call test_env,$(BUILD)) $(LUA) examples/benchmark.lua $(BENCH_ARGS)
+
+bench-tensor: $(MODULE)
 	@$(call test_env,$(BUILD)) $(LUA) examples/bench_tensor.lua
 
 # Fuzzing (spec/fuzz/, docs/robustness.md), with clang's libFuzzer + ASan + UBSan:

@@ -77,6 +77,17 @@ void df_parallel_for(int64_t ntasks, void (*fn)(int64_t task, void *ctx), void *
  * DF_PARALLEL_GRAIN) and sets *per_task to the units per task. */
 int64_t df_task_split(int64_t items, int64_t cost, int64_t *per_task);
 
+/* ---- the CPU (core/cpu.c) ----------------------------------------------- */
+
+/* The widest SIMD this CPU (and OS) runs: "avx512f", "avx2" (with FMA) or "scalar". */
+const char *df_cpu_simd(void);
+/* Measures the machine's FMA peak: `threads` threads (1..256) each run a loop
+ * of independent fused multiply-adds for `seconds` (0 < s <= 60), all at
+ * once; *gflops receives their total GFLOP/s (2 flops per lane per FMA).
+ * simd: "avx512f", "avx2", "scalar", or NULL / "best" for df_cpu_simd(); one
+ * this CPU lacks is DF_EINVAL. For benchmarks, never for tests of speed. */
+df_status df_fma_peak(int threads, double seconds, const char *simd, double *gflops);
+
 /* ---- storage and tensors (core/tensor.c) -------------------------------- */
 
 typedef struct df_node df_node;
@@ -573,5 +584,9 @@ df_status df_sum_to_shape(df_tensor **out, const df_tensor *g, int ndim, const i
  * factor (1 restores it), so tests can prove the gradient checker catches
  * a wrong backward. NULL name turns it off. */
 void df_debug_corrupt_backward(const char *name, float factor);
+/* Test hook: on = false makes conv2d take im2col + GEMM everywhere, so tests
+ * can compare the direct kernels (ops/conv_direct.c) against it; returns
+ * whether the direct kernels can run on this CPU at all. */
+bool df_debug_conv_direct(bool on);
 
 #endif

@@ -10,6 +10,9 @@
  *     (0 when it has happened or none is armed): an operation that
  *     succeeds with a count left met no failure at all.
  *   D._debug.reset() turns every hook off.
+ *   D._debug.conv_direct(on) -> whether this CPU can run the direct
+ *     convolution kernels; on = false sends every conv2d through im2col +
+ *     GEMM (reset turns them back on), so specs compare the two paths.
  *
  * They prove that every error path is clean (a Lua error, nothing leaked,
  * the process healthy afterwards), as Lua's own testes/memerr.lua does for
@@ -85,13 +88,21 @@ static int l_alloc_pending(lua_State *L) {
 static int l_reset(lua_State *L) {
   df_alloc_fail_at(0);
   lua_hook_off(L);
+  df_debug_conv_direct(true);
   return 0;
+}
+
+static int l_conv_direct(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TBOOLEAN);
+  lua_pushboolean(L, df_debug_conv_direct(lua_toboolean(L, 1)));
+  return 1;
 }
 
 void df_lua_open_debug(lua_State *L, int module, int methods) {
   (void)methods;
   static const luaL_Reg hooks[] = {
-      {"fail_alloc_at", l_fail_alloc_at}, {"alloc_pending", l_alloc_pending}, {"reset", l_reset}, {NULL, NULL}};
+      {"fail_alloc_at", l_fail_alloc_at}, {"alloc_pending", l_alloc_pending}, {"reset", l_reset},
+      {"conv_direct", l_conv_direct}, {NULL, NULL}};
   luaL_newlib(L, hooks);
   lua_setfield(L, module, "_debug");
 }

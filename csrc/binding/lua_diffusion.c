@@ -1162,6 +1162,57 @@ static int l_blas_info(lua_State *L) {
   return 1;
 }
 
+/* D.cpu_simd(): "avx512f", "avx2" or "scalar", the widest this CPU runs */
+static int l_cpu_simd(lua_State *L) {
+  lua_pushstring(L, df_cpu_simd());
+  return 1;
+}
+
+/* a value for an error message: a number or string as it is, else its type */
+static const char *shown(lua_State *L, int idx) {
+  int type = lua_type(L, idx);
+  if (type == LUA_TSTRING) return lua_pushfstring(L, "'%s'", lua_tostring(L, idx));
+  if (type == LUA_TNUMBER) return luaL_tolstring(L, idx, NULL);
+  return luaL_typename(L, idx);
+}
+
+/* D.fma_peak{threads = n, seconds = s, simd = "best"}: the machine's FMA peak
+ * in GFLOP/s, measured on n threads at once for s seconds (defaults: the pool's
+ * thread count, 0.5 s, the widest SIMD). */
+static int l_fma_peak(lua_State *L) {
+  lua_Integer threads = df_get_num_threads();
+  lua_Number seconds = 0.5;
+  const char *simd = "best";
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+      lua_pop(L, 1);
+      const char *key = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+      if (!key || (strcmp(key, "threads") && strcmp(key, "seconds") && strcmp(key, "simd")))
+        return luaL_error(L, "fma_peak: unknown option %s (expected threads, seconds, simd)", shown(L, -1));
+    }
+    if (lua_getfield(L, 1, "threads") != LUA_TNIL) {
+      if (!lua_isinteger(L, -1)) return luaL_error(L, "fma_peak: threads must be an integer, got %s", shown(L, -1));
+      threads = lua_tointeger(L, -1);
+    }
+    if (lua_getfield(L, 1, "seconds") != LUA_TNIL) {
+      if (lua_type(L, -1) != LUA_TNUMBER) return luaL_error(L, "fma_peak: seconds must be a number, got %s", shown(L, -1));
+      seconds = lua_tonumber(L, -1);
+    }
+    if (lua_getfield(L, 1, "simd") != LUA_TNIL) {
+      if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "fma_peak: simd must be a string, got %s", shown(L, -1));
+      simd = lua_tostring(L, -1);
+    }
+  }
+  if (threads < 1 || threads > 256) return luaL_error(L, "fma_peak: threads must be 1 to 256, got %I", threads);
+  double gflops = 0;
+  if (seconds != seconds) return luaL_error(L, "fma_peak: seconds must be > 0 and <= 60, got nan");
+  if (df_fma_peak((int)threads, (double)seconds, simd, &gflops)) return fail(L);
+  lua_pushnumber(L, gflops);
+  return 1;
+}
+
 /* ---- registration ------------------------------------------------------- */
 
 /* functions that are both D.f(x, ...) and x:f(...) */
@@ -1189,6 +1240,7 @@ static const luaL_Reg module_functions[] = {
     {"get_rng_state", l_generator_get_state}, {"set_rng_state", l_set_rng_state},
     {"set_num_threads", l_set_num_threads}, {"get_num_threads", l_get_num_threads},
     {"memory_allocated", l_memory_allocated}, {"raw_sgemm_gflops", l_raw_sgemm_gflops}, {"blas_info", l_blas_info},
+    {"cpu_simd", l_cpu_simd}, {"fma_peak", l_fma_peak},
     {"clock", l_clock}, {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"_debug_corrupt_backward", l_debug_corrupt_backward}, {"empty_cache", l_empty_cache}, {"cached_bytes", l_cached_bytes},
     {NULL, NULL}};

@@ -23,6 +23,7 @@
 
 #include "../core/iter.h"
 #include "../df.h"
+#include "conv_direct.h"
 
 /* ---- geometry ------------------------------------------------------------ */
 
@@ -247,18 +248,37 @@ static int64_t chunk_images(const conv_geom *g) {
   return images < g->n ? images : g->n;
 }
 
+/* the direct kernels' view of a convolution they apply to */
+static direct_geom direct_of(const conv_geom *g) {
+  return (direct_geom){.n = g->n, .c = g->c, .h = g->h, .w = g->w, .o = g->o, .kh = g->kh, .kw = g->kw,
+                       .ph = g->ph, .pw = g->pw, .oh = g->oh, .ow = g->ow};
+}
+
+static bool use_direct(const conv_geom *g) {
+  int stride[2] = {(int)g->sh, (int)g->sw}, padding[2] = {(int)g->ph, (int)g->pw}, dilation[2] = {(int)g->dh, (int)g->dw};
+  return g->n > 0 && g->k > 0 && g->og > 0 &&
+         conv_direct_applies(g->kh, g->kw, stride, padding, dilation, (int)g->groups);
+}
+
 /* ---- forward ------------------------------------------------------------- */
 
 /* x (N, C, H, W), w (O, C / groups, kh, kw), b (O) or NULL -> (N, O, H', W') */
 static df_status conv_forward(df_tensor **out, const df_tensor *x_in, const df_tensor *w_in, const df_tensor *b,
                               const conv_geom *g) {
-  df_tensor *x = NULL, *w = NULL, *r = NULL;
+  df_tensor *x = NULL, *w = NULL, *r = NULL, *bc = NULL;
   float *col = NULL, *tmp = NULL;
   int64_t size[4] = {g->n, g->o, g->oh, g->ow};
   df_status st;
   if ((st = df_tensor_contiguous(&x, x_in)) || (st = df_tensor_contiguous(&w, w_in)) ||
       (st = df_tensor_empty(&r, 4, size)))
     goto done;
+  if (use_direct(g)) {
+    direct_geom dg = direct_of(g);
+    if (!(b && (st = df_tensor_contiguous(&bc, b))))
+      st = conv_direct_forward(&dg, df_tensor_data(x), df_tensor_data(w), false, bc ? df_tensor_data(bc) : NULL,
+                               df_tensor_data(r));
+    goto done;
+  }
   bool products = g->k > 0 && g->og > 0;
   int64_t chunk = chunk_images(g);
   if (g->n > 0 && products &&
@@ -292,6 +312,7 @@ static df_status conv_forward(df_tensor **out, const df_tensor *x_in, const df_t
 done:
   df_free(col);
   df_free(tmp);
+  df_tensor_release(bc);
   df_tensor_release(x);
   df_tensor_release(w);
   if (st) {
@@ -340,18 +361,33 @@ static df_status bw_conv2d(df_node *node, const df_tensor *grad, df_tensor **gi)
   float *col = NULL, *tmp = NULL;
   df_status st;
   int64_t chunk = chunk_images(&g);
+  bool direct = use_direct(&g);
   if ((st = df_tensor_contiguous(&dout, grad))) goto done;
-  if (need_x && ((st = df_tensor_contiguous(&w, node->saved[1])) || (st = df_tensor_zeros(&dx, 4, ex->size)))) goto done;
-  if (need_w && ((st = df_tensor_contiguous(&x, node->saved[0])) || (st = df_tensor_zeros(&dw, 4, ew->size)))) goto done;
+  if (need_x && ((st = df_tensor_contiguous(&w, node->saved[1])) ||
+                 (st = (direct ? df_tensor_empty : df_tensor_zeros)(&dx, 4, ex->size))))
+    goto done;
+  if (need_w && ((st = df_tensor_contiguous(&x, node->saved[0])) ||
+                 (st = (direct ? df_tensor_empty : df_tensor_zeros)(&dw, 4, ew->size))))
+    goto done;
   if (need_b && (st = df_tensor_empty(&db, 1, &g.o))) goto done;
-  if ((need_x || need_w) && g.n > 0 && products &&
+  if (direct) {
+    float *gp = df_tensor_data(dout);
+    direct_geom dg = direct_of(&g);
+    if (need_w && (st = conv_direct_grad_weight(&dg, df_tensor_data(x), gp, df_tensor_data(dw)))) goto done;
+    if (need_x) { /* dx = conv(dout, flipped wᵀ), padding k - 1 - p, back onto the input plane */
+      direct_geom back = {.n = g.n, .c = g.o, .h = g.oh, .w = g.ow, .o = g.c, .kh = g.kh, .kw = g.kw,
+                          .ph = g.kh - 1 - g.ph, .pw = g.kw - 1 - g.pw, .oh = g.h, .ow = g.w};
+      if ((st = conv_direct_forward(&back, gp, df_tensor_data(w), true, NULL, df_tensor_data(dx)))) goto done;
+    }
+  }
+  if (!direct && (need_x || need_w) && g.n > 0 && products &&
       (!(col = df_malloc(sizeof(float) * (size_t)(g.groups * g.k * chunk * g.l))) ||
        !(tmp = df_malloc(sizeof(float) * (size_t)(g.o * chunk * g.l))))) {
     st = df_error(DF_ENOMEM, "conv2d: out of memory for the im2col workspace");
     goto done;
   }
   float *gp = df_tensor_data(dout);
-  for (int64_t n0 = 0; products && (need_x || need_w) && n0 < g.n; n0 += chunk) {
+  for (int64_t n0 = 0; !direct && products && (need_x || need_w) && n0 < g.n; n0 += chunk) {
     int64_t images = g.n - n0 < chunk ? g.n - n0 : chunk, ld = images * g.l;
     gather(&g, tmp, gp + n0 * g.o * g.l, images, true, false); /* dout of the chunk as (O, images * L) */
     if (need_w) {

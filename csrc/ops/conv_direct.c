@@ -1,0 +1,406 @@
+/* conv_direct.c — direct AVX-512 convolution for stride 1, dilation 1,
+ * one group, 1x1 and 3x3 kernels: every convolution of the U-Net.
+ *
+ * Why not im2col + GEMM here: at the U-Net's sizes (32-128 channels, 8x8 to
+ * 32x32 planes) the copies around the product — the column matrix, BLAS's
+ * own packing of it, col2im, reordering the chunk's output — cost as much
+ * as the multiply-adds. These kernels read the image in place instead.
+ *
+ * An output plane is cut into vectors of 16 positions along a row (a row of
+ * 8 is one vector with 8 live lanes). For each vector and each kernel tap
+ * (ki, kj) a table holds where the 16 input values start in the input plane
+ * and which lanes are inside it (the others read as zero: the padding). The
+ * table is built once per call and serves every image and channel.
+ *
+ *   forward      8 output channels x 3 vectors of accumulators (24 zmm);
+ *                per input channel and tap: 3 masked loads, 8 broadcast
+ *                weights, 24 FMAs. Weights are packed (O/8, C, taps, 8).
+ *   grad input   the same kernel over dy with the weights transposed and
+ *                flipped (stride 1: dx = conv(dy, flip(w)ᵀ), padding k-1-p).
+ *   grad weight  per (8 outputs, 1 input channel, 1 kernel row) for 3x3,
+ *                (4 outputs, 4 input channels) for 1x1:
+ *                vector partial sums over positions and images, in a
+ *                workspace of 16 lanes per weight, reduced at the end.
+ * Tasks cut work by shape only, so results are bitwise the same whatever
+ * the thread count. */
+#include "conv_direct.h"
+
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DIRECT_X86 1
+#include <immintrin.h>
+#endif
+
+#define LANES 16
+#define OUT_BLOCK 8  /* output channels per forward tile */
+#define VEC_BLOCK 3  /* vectors per forward tile */
+#define MAX_TAPS 9
+#define GROUP_BYTES ((int64_t)512 << 10) /* grad weight: images per pass fit in L2 */
+
+static int direct_mode = 1; /* 1: where it applies, 0: never (tests compare both paths) */
+
+static bool cpu_has_avx512(void);
+
+bool df_debug_conv_direct(bool on) {
+  direct_mode = on ? 1 : 0;
+  return cpu_has_avx512();
+}
+
+static bool cpu_has_avx512(void) {
+#ifdef DIRECT_X86
+  static int cached = -1;
+  if (cached < 0) {
+    __builtin_cpu_init();
+    cached = __builtin_cpu_supports("avx512f") ? 1 : 0;
+  }
+  return cached == 1;
+#else
+  return false;
+#endif
+}
+
+bool conv_direct_applies(int64_t kh, int64_t kw, const int stride[2], const int padding[2], const int dilation[2],
+                         int groups) {
+  if (!direct_mode || !cpu_has_avx512()) return false;
+  if (stride[0] != 1 || stride[1] != 1 || dilation[0] != 1 || dilation[1] != 1 || groups != 1) return false;
+  if (!((kh == 1 && kw == 1) || (kh == 3 && kw == 3))) return false;
+  return padding[0] >= 0 && padding[0] <= kh - 1 && padding[1] >= 0 && padding[1] <= kw - 1;
+}
+
+/* ---- the plane map: where each vector's taps read ---------------------- */
+
+typedef struct {
+  int64_t off;   /* element offset of lane 0 in the input plane (may be -p: lane masked) */
+  uint16_t mask; /* lanes inside the plane */
+} tap_t;
+
+typedef struct {
+  int64_t ih, iw, oh, ow, kh, kw, ph, pw;
+  int64_t segs, vecs, taps; /* vectors per row, per plane; kh * kw */
+  tap_t *in;                /* (vecs, taps) */
+  tap_t *out;               /* (vecs): where the vector lands in the output plane */
+} plane_map;
+
+static uint16_t lane_range(int64_t lo, int64_t hi) { /* lanes lo .. hi - 1 */
+  if (lo < 0) lo = 0;
+  if (hi > LANES) hi = LANES;
+  if (hi <= lo) return 0;
+  uint32_t upto = hi == LANES ? 0xFFFFu : ((1u << hi) - 1u);
+  return (uint16_t)(upto & ~((1u << lo) - 1u));
+}
+
+/* Vectors run along output rows, 16 positions each. A plane narrower than
+ * 16 whose rows tile 16 lanes (ow = 1, 2, 4, 8) and whose input rows are as
+ * wide (iw = ow: stride 1, "same" padding) packs several rows into one
+ * vector instead: positions v * 16 + l in raster order, which are again 16
+ * consecutive input values for every tap, so one masked load still reads a
+ * tap. An 8x8 plane is then 4 full vectors rather than 8 half-empty ones. */
+static df_status map_init(plane_map *m, int64_t ih, int64_t iw, int64_t oh, int64_t ow, int64_t kh, int64_t kw,
+                          int64_t ph, int64_t pw) {
+  *m = (plane_map){.ih = ih, .iw = iw, .oh = oh, .ow = ow, .kh = kh, .kw = kw, .ph = ph, .pw = pw};
+  bool packed = ow < LANES && LANES % ow == 0 && iw == ow;
+  m->segs = packed ? 1 : (ow + LANES - 1) / LANES;
+  m->vecs = packed ? (oh * ow + LANES - 1) / LANES : oh * m->segs;
+  m->taps = kh * kw;
+  m->in = df_malloc(sizeof(tap_t) * (size_t)(m->vecs * m->taps + m->vecs));
+  if (!m->in) return df_error(DF_ENOMEM, "conv2d: out of memory for the convolution's plane map");
+  m->out = m->in + m->vecs * m->taps;
+  for (int64_t v = 0; v < m->vecs; v++) {
+    /* lane 0's output position; lane l sits l positions further in raster order */
+    int64_t p0 = packed ? v * LANES : (v / m->segs) * ow + (v % m->segs) * LANES;
+    int64_t y0 = p0 / ow, x0 = p0 % ow;
+    int64_t live = packed ? oh * ow - p0 : ow - x0;
+    m->out[v] = (tap_t){.off = p0, .mask = lane_range(0, live)};
+    for (int64_t ki = 0; ki < kh; ki++)
+      for (int64_t kj = 0; kj < kw; kj++) {
+        uint16_t mask = 0;
+        for (int64_t l = 0; l < LANES; l++) {
+          if (!(m->out[v].mask >> l & 1)) continue;
+          int64_t y = packed ? (p0 + l) / ow : y0, x = packed ? (p0 + l) % ow : x0 + l;
+          int64_t iy = y + ki - ph, ix = x + kj - pw;
+          if (iy >= 0 && iy < ih && ix >= 0 && ix < iw) mask |= (uint16_t)(1u << l);
+        }
+        m->in[v * m->taps + ki * kw + kj] = mask ? (tap_t){(y0 + ki - ph) * iw + x0 + kj - pw, mask} : (tap_t){0, 0};
+      }
+  }
+  return DF_OK;
+}
+
+#ifdef DIRECT_X86
+
+/* lane 0 of a tap may sit before its plane (off = -1, lane masked): the
+ * address is formed as an integer so no out-of-object pointer exists in C */
+#define TAP_ADDR(base, off) ((const float *)((uintptr_t)(base) + (uintptr_t)((off) * (int64_t)sizeof(float))))
+
+/* ---- forward ------------------------------------------------------------- */
+
+typedef struct {
+  const plane_map *m;
+  const float *x;   /* (N, C, ih, iw) */
+  const float *wpk; /* (blocks, C, taps, OUT_BLOCK) */
+  const float *bias; /* (blocks * OUT_BLOCK) padded, or NULL */
+  float *y;          /* (N, O, oh, ow) */
+  int64_t c, o, blocks, vec_parts;
+} fwd_job;
+
+/* The accumulators are named variables, not an array: GCC keeps an array of
+ * 24 vectors on the stack, with a store per FMA. */
+#define ACC_ROW(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+#define ACC_DECL(o) __m512 a##o##_0 = init(bias, o), a##o##_1 = a##o##_0, a##o##_2 = a##o##_0;
+#define ACC_FMA(o)                                        \
+  {                                                       \
+    __m512 wv = _mm512_set1_ps(wt[o]);                    \
+    a##o##_0 = _mm512_fmadd_ps(wv, in0, a##o##_0);        \
+    if (R > 1) a##o##_1 = _mm512_fmadd_ps(wv, in1, a##o##_1); \
+    if (R > 2) a##o##_2 = _mm512_fmadd_ps(wv, in2, a##o##_2); \
+  }
+#define ACC_STORE(o)                                                                             \
+  if (o < live_o) {                                                                              \
+    _mm512_mask_storeu_ps(y + o * out_plane + out[0].off, out[0].mask, a##o##_0);                \
+    if (R > 1) _mm512_mask_storeu_ps(y + o * out_plane + out[1].off, out[1].mask, a##o##_1);     \
+    if (R > 2) _mm512_mask_storeu_ps(y + o * out_plane + out[2].off, out[2].mask, a##o##_2);     \
+  }
+
+__attribute__((target("avx512f"), always_inline)) static inline __m512 init(const float *bias, int o) {
+  return bias ? _mm512_set1_ps(bias[o]) : _mm512_setzero_ps();
+}
+
+/* output channels ob * 8 .. + 7 at vectors v0 .. v0 + R - 1 of one image */
+__attribute__((target("avx512f"), always_inline)) static inline void fwd_tile(const fwd_job *j, const float *x,
+                                                                              const float *wpk, const float *bias,
+                                                                              float *y, int64_t live_o, int64_t v0,
+                                                                              const int R) {
+  const plane_map *m = j->m;
+  const int64_t taps = m->taps, in_plane = m->ih * m->iw, out_plane = m->oh * m->ow;
+  ACC_ROW(ACC_DECL)
+  const tap_t *t0 = m->in + v0 * taps, *t1 = R > 1 ? t0 + taps : t0, *t2 = R > 2 ? t0 + 2 * taps : t0;
+  for (int64_t c = 0; c < j->c; c++) {
+    const float *xc = x + c * in_plane, *wt = wpk + c * taps * OUT_BLOCK;
+    for (int64_t t = 0; t < taps; t++, wt += OUT_BLOCK) {
+      __m512 in0 = _mm512_maskz_loadu_ps(t0[t].mask, TAP_ADDR(xc, t0[t].off)), in1 = in0, in2 = in0;
+      if (R > 1) in1 = _mm512_maskz_loadu_ps(t1[t].mask, TAP_ADDR(xc, t1[t].off));
+      if (R > 2) in2 = _mm512_maskz_loadu_ps(t2[t].mask, TAP_ADDR(xc, t2[t].off));
+      ACC_ROW(ACC_FMA)
+    }
+  }
+  const tap_t *out = &m->out[v0];
+  ACC_ROW(ACC_STORE)
+}
+
+__attribute__((target("avx512f"))) static void fwd_task(int64_t task, void *arg) {
+  const fwd_job *j = arg;
+  const plane_map *m = j->m;
+  int64_t part = task % j->vec_parts, ob = (task / j->vec_parts) % j->blocks, n = task / j->vec_parts / j->blocks;
+  int64_t tiles = (m->vecs + VEC_BLOCK - 1) / VEC_BLOCK, per = (tiles + j->vec_parts - 1) / j->vec_parts;
+  int64_t v_lo = part * per * VEC_BLOCK, v_hi = (part + 1) * per * VEC_BLOCK;
+  if (v_hi > m->vecs) v_hi = m->vecs;
+  const float *x = j->x + n * j->c * m->ih * m->iw, *wpk = j->wpk + ob * j->c * m->taps * OUT_BLOCK;
+  const float *bias = j->bias ? j->bias + ob * OUT_BLOCK : NULL;
+  float *y = j->y + (n * j->o + ob * OUT_BLOCK) * m->oh * m->ow;
+  int64_t live_o = j->o - ob * OUT_BLOCK < OUT_BLOCK ? j->o - ob * OUT_BLOCK : OUT_BLOCK;
+  int64_t v = v_lo;
+  for (; v + VEC_BLOCK <= v_hi; v += VEC_BLOCK) fwd_tile(j, x, wpk, bias, y, live_o, v, VEC_BLOCK);
+  if (v_hi - v == 2) fwd_tile(j, x, wpk, bias, y, live_o, v, 2);
+  else if (v_hi - v == 1) fwd_tile(j, x, wpk, bias, y, live_o, v, 1);
+}
+
+#endif /* DIRECT_X86 */
+
+/* weights (O, C, kh, kw) -> (O / 8, C, taps, 8), zero-padded; for the input
+ * gradient (flip_transpose), the weight (C', O', kh, kw) of the convolution
+ * being differentiated gives w'[o][c][t] = w[c][o][taps - 1 - t] */
+static void pack_weights(const float *w, int64_t o_count, int64_t c_count, int64_t taps, bool flip_transpose,
+                         float *wpk) {
+  int64_t blocks = (o_count + OUT_BLOCK - 1) / OUT_BLOCK;
+  for (int64_t ob = 0; ob < blocks; ob++)
+    for (int64_t c = 0; c < c_count; c++)
+      for (int64_t t = 0; t < taps; t++)
+        for (int64_t i = 0; i < OUT_BLOCK; i++) {
+          int64_t o = ob * OUT_BLOCK + i;
+          float v = 0.0f;
+          if (o < o_count) v = flip_transpose ? w[(c * o_count + o) * taps + (taps - 1 - t)] : w[(o * c_count + c) * taps + t];
+          wpk[((ob * c_count + c) * taps + t) * OUT_BLOCK + i] = v;
+        }
+}
+
+df_status conv_direct_forward(const direct_geom *g, const float *x, const float *w, bool flip_transpose,
+                              const float *bias, float *y) {
+#ifdef DIRECT_X86
+  plane_map m;
+  df_status st = map_init(&m, g->h, g->w, g->oh, g->ow, g->kh, g->kw, g->ph, g->pw);
+  if (st) return st;
+  int64_t blocks = (g->o + OUT_BLOCK - 1) / OUT_BLOCK, taps = g->kh * g->kw;
+  float *wpk = df_malloc(sizeof(float) * (size_t)(blocks * g->c * taps * OUT_BLOCK + blocks * OUT_BLOCK));
+  if (!wpk) {
+    df_free(m.in);
+    return df_error(DF_ENOMEM, "conv2d: out of memory for the packed weights");
+  }
+  float *bpk = NULL;
+  pack_weights(w, g->o, g->c, taps, flip_transpose, wpk);
+  if (bias) {
+    bpk = wpk + blocks * g->c * taps * OUT_BLOCK;
+    for (int64_t i = 0; i < blocks * OUT_BLOCK; i++) bpk[i] = i < g->o ? bias[i] : 0.0f;
+  }
+  /* images x output blocks, and more tasks per plane when those are few */
+  int64_t tiles = (m.vecs + VEC_BLOCK - 1) / VEC_BLOCK, units = g->n * blocks, parts = 1;
+  while (units * parts < 16 && parts * 2 <= tiles) parts *= 2;
+  fwd_job j = {.m = &m, .x = x, .wpk = wpk, .bias = bpk, .y = y, .c = g->c, .o = g->o, .blocks = blocks,
+               .vec_parts = parts};
+  df_parallel_for(units * parts, fwd_task, &j);
+  df_free(wpk);
+  df_free(m.in);
+  return DF_OK;
+#else
+  (void)g, (void)x, (void)w, (void)flip_transpose, (void)bias, (void)y;
+  return df_error(DF_EINVAL, "conv2d: the direct kernels need an x86-64 CPU with AVX-512");
+#endif
+}
+
+/* ---- grad weight ----------------------------------------------------------- */
+
+#ifdef DIRECT_X86
+
+typedef struct {
+  const plane_map *m;
+  const float *x, *dy;
+  float *partial; /* (O, C, taps, LANES) */
+  int64_t c, o, n0, images, o_tiles, c_tiles;
+} dw_job;
+
+/* 3x3: sums for 8 outputs x the 3 taps of one kernel row ki of one input
+ * channel, over the images of the pass, added to the partial sums. Per
+ * vector of positions: 3 loads of x, 8 of dy, 24 FMAs. The accumulators are
+ * named variables, as in fwd_tile. */
+#define DW3_DECL(o) __m512 k##o##_0 = _mm512_setzero_ps(), k##o##_1 = k##o##_0, k##o##_2 = k##o##_0;
+#define DW3_FMA(o)                                                                                  \
+  {                                                                                                 \
+    __m512 d = _mm512_maskz_loadu_ps(out->mask, dyp[o] + out->off);                                 \
+    k##o##_0 = _mm512_fmadd_ps(d, x0, k##o##_0), k##o##_1 = _mm512_fmadd_ps(d, x1, k##o##_1);      \
+    k##o##_2 = _mm512_fmadd_ps(d, x2, k##o##_2);                                                    \
+  }
+#define DW3_STORE(o)                                                                                \
+  add_partial(j, o0 + o, c, ki * 3, 9, k##o##_0), add_partial(j, o0 + o, c, ki * 3 + 1, 9, k##o##_1), \
+      add_partial(j, o0 + o, c, ki * 3 + 2, 9, k##o##_2);
+
+__attribute__((target("avx512f"), always_inline)) static inline void add_partial(const dw_job *j, int64_t o, int64_t c,
+                                                                                 int64_t t, int taps, __m512 sum) {
+  if (o >= j->o || c >= j->c) return; /* a channel past the end read channel 0: dropped */
+  float *p = j->partial + ((o * j->c + c) * taps + t) * LANES;
+  _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), sum));
+}
+
+__attribute__((target("avx512f"))) static void dw_tile3x3(const dw_job *j, int64_t o0, int64_t c, int64_t ki) {
+  const plane_map *m = j->m;
+  const int64_t in_plane = m->ih * m->iw, out_plane = m->oh * m->ow;
+  ACC_ROW(DW3_DECL)
+  for (int64_t n = j->n0; n < j->n0 + j->images; n++) {
+    const float *dyp[OUT_BLOCK];
+    for (int i = 0; i < OUT_BLOCK; i++) /* channels past the end read channel 0; their sums are dropped */
+      dyp[i] = j->dy + (n * j->o + (o0 + i < j->o ? o0 + i : 0)) * out_plane;
+    const float *xp = j->x + (n * j->c + c) * in_plane;
+    for (int64_t v = 0; v < m->vecs; v++) {
+      const tap_t *out = &m->out[v], *tv = m->in + v * 9 + ki * 3;
+      __m512 x0 = _mm512_maskz_loadu_ps(tv[0].mask, TAP_ADDR(xp, tv[0].off));
+      __m512 x1 = _mm512_maskz_loadu_ps(tv[1].mask, TAP_ADDR(xp, tv[1].off));
+      __m512 x2 = _mm512_maskz_loadu_ps(tv[2].mask, TAP_ADDR(xp, tv[2].off));
+      ACC_ROW(DW3_FMA)
+    }
+  }
+  ACC_ROW(DW3_STORE)
+}
+
+/* 1x1: sums for 4 outputs x 4 input channels */
+#define FOUR(M) M(0) M(1) M(2) M(3)
+#define DW1_DECL(a) __m512 s##a##0 = _mm512_setzero_ps(), s##a##1 = s##a##0, s##a##2 = s##a##0, s##a##3 = s##a##0;
+#define DW1_LOADX(b) __m512 x##b = _mm512_maskz_loadu_ps(out->mask, xp[b] + out->off);
+#define DW1_FMA(a)                                                                    \
+  {                                                                                   \
+    __m512 d = _mm512_maskz_loadu_ps(out->mask, dyp[a] + out->off);                   \
+    s##a##0 = _mm512_fmadd_ps(d, x0, s##a##0), s##a##1 = _mm512_fmadd_ps(d, x1, s##a##1); \
+    s##a##2 = _mm512_fmadd_ps(d, x2, s##a##2), s##a##3 = _mm512_fmadd_ps(d, x3, s##a##3); \
+  }
+#define DW1_STORE(a)                                                                         \
+  add_partial(j, o0 + a, c0, 0, 1, s##a##0), add_partial(j, o0 + a, c0 + 1, 0, 1, s##a##1), \
+      add_partial(j, o0 + a, c0 + 2, 0, 1, s##a##2), add_partial(j, o0 + a, c0 + 3, 0, 1, s##a##3);
+
+__attribute__((target("avx512f"))) static void dw_tile1x1(const dw_job *j, int64_t o0, int64_t c0) {
+  const plane_map *m = j->m;
+  const int64_t in_plane = m->ih * m->iw, out_plane = m->oh * m->ow;
+  FOUR(DW1_DECL)
+  for (int64_t n = j->n0; n < j->n0 + j->images; n++) {
+    const float *dyp[4], *xp[4];
+    for (int i = 0; i < 4; i++) { /* channels past the end read channel 0; their sums are dropped */
+      dyp[i] = j->dy + (n * j->o + (o0 + i < j->o ? o0 + i : 0)) * out_plane;
+      xp[i] = j->x + (n * j->c + (c0 + i < j->c ? c0 + i : 0)) * in_plane;
+    }
+    for (int64_t v = 0; v < m->vecs; v++) {
+      const tap_t *out = &m->out[v]; /* 1x1 without padding: input and output positions agree */
+      FOUR(DW1_LOADX)
+      FOUR(DW1_FMA)
+    }
+  }
+  FOUR(DW1_STORE)
+}
+
+/* a task: DW_TILES_PER_TASK tiles in a row, so the pool's handing out of
+ * tasks costs little beside them (a tile can be a microsecond) */
+#define DW_TILES_PER_TASK 8
+__attribute__((target("avx512f"))) static void dw_task(int64_t task, void *arg) {
+  const dw_job *j = arg;
+  int64_t hi = (task + 1) * DW_TILES_PER_TASK, tiles = j->o_tiles * j->c_tiles;
+  for (int64_t tile = task * DW_TILES_PER_TASK; tile < hi && tile < tiles; tile++) {
+    int64_t ot = tile / j->c_tiles, ct = tile % j->c_tiles;
+    if (j->m->taps == 9) dw_tile3x3(j, ot * OUT_BLOCK, ct / 3, ct % 3);
+    else dw_tile1x1(j, ot * 4, ct * 4);
+  }
+}
+
+typedef struct {
+  const float *partial;
+  float *dw;
+  int64_t per_task, count;
+} reduce_job;
+
+__attribute__((target("avx512f"))) static void reduce_task(int64_t task, void *arg) {
+  const reduce_job *j = arg;
+  int64_t hi = (task + 1) * j->per_task < j->count ? (task + 1) * j->per_task : j->count;
+  for (int64_t i = task * j->per_task; i < hi; i++) j->dw[i] = _mm512_reduce_add_ps(_mm512_loadu_ps(j->partial + i * LANES));
+}
+
+#endif /* DIRECT_X86 */
+
+df_status conv_direct_grad_weight(const direct_geom *g, const float *x, const float *dy, float *dw) {
+#ifdef DIRECT_X86
+  plane_map m;
+  df_status st = map_init(&m, g->h, g->w, g->oh, g->ow, g->kh, g->kw, g->ph, g->pw);
+  if (st) return st;
+  int64_t count = g->o * g->c * m.taps;
+  float *partial = df_calloc((size_t)count * LANES, sizeof(float));
+  if (!partial) {
+    df_free(m.in);
+    return df_error(DF_ENOMEM, "conv2d: out of memory for the weight gradient's partial sums");
+  }
+  bool three = m.taps == 9;
+  dw_job j = {.m = &m, .x = x, .dy = dy, .partial = partial, .c = g->c, .o = g->o};
+  j.o_tiles = three ? (g->o + OUT_BLOCK - 1) / OUT_BLOCK : (g->o + 3) / 4;
+  j.c_tiles = three ? g->c * 3 : (g->c + 3) / 4; /* 3x3: (input channel, kernel row) */
+  /* images per pass: their x and dy planes stay in L2 while every tile reads them */
+  int64_t per_image = (g->c * g->h * g->w + g->o * g->oh * g->ow) * (int64_t)sizeof(float);
+  int64_t group = per_image > 0 ? GROUP_BYTES / per_image : g->n;
+  if (group < 1) group = 1;
+  for (int64_t n0 = 0; n0 < g->n; n0 += group) {
+    j.n0 = n0;
+    j.images = g->n - n0 < group ? g->n - n0 : group;
+    df_parallel_for((j.o_tiles * j.c_tiles + DW_TILES_PER_TASK - 1) / DW_TILES_PER_TASK, dw_task, &j);
+  }
+  reduce_job r = {.partial = partial, .dw = dw, .count = count};
+  df_parallel_for(df_task_split(count, LANES, &r.per_task), reduce_task, &r);
+  df_free(partial);
+  df_free(m.in);
+  return DF_OK;
+#else
+  (void)g, (void)x, (void)dy, (void)dw;
+  return df_error(DF_EINVAL, "conv2d: the direct kernels need an x86-64 CPU with AVX-512");
+#endif
+}
