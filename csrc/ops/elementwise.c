@@ -1,12 +1,22 @@
 /* elementwise.c — unary and binary maps, clamp and where, with NumPy
  * broadcasting, through the strided loop driver of core/iter.h. Each op is
  * one scalar expression; the kernel macros give it a contiguous fast path
- * (which the compiler vectorises) and a strided fallback. */
+ * (which the compiler vectorises) and a strided fallback.
+ *
+ * exp, sigmoid and silu (and silu's gradient) are the exception: they need
+ * exp, which the compiler cannot vectorise, and they sit on a U-Net's hot
+ * path, so they run on the AVX-512 / AVX2 forms of core/vmath.h when the
+ * CPU has them, a scalar loop over libm's expf otherwise. Every element
+ * goes through the same vector code wherever it sits (a masked or padded
+ * tail, a gathered strided run), so results don't depend on the thread
+ * count or the layout. */
 #include <assert.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
 #include "../core/iter.h"
+#include "../core/vmath.h"
 #include "../df.h"
 
 const char *const df_unary_names[DF_UNARY_COUNT] = {
@@ -18,7 +28,192 @@ const char *const df_binary_names[DF_BINARY_COUNT] = {
 static_assert(DF_GELU + 1 == DF_UNARY_COUNT, "df_unary_names must list every unary op");
 static_assert(DF_GE + 1 == DF_BINARY_COUNT, "df_binary_names must list every binary op");
 
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* The scalar forms, for CPUs without AVX2 (or not x86). sigmoid is
+ * 1 / (1 + e), e = exp(-x): accurate for either sign, exactly 0 or 1 at
+ * ±inf, NaN for NaN (and no branch on the sign, which would mispredict). */
+static inline float sigmoid_of(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* x clamped to the finite floats (NaN stays NaN), so that x * 0 is 0 at ±inf */
+static inline float finite_part(float x) { return x < -FLT_MAX ? -FLT_MAX : (x > FLT_MAX ? FLT_MAX : x); }
+
+/* silu(-inf) = 0, its limit */
+static inline float silu_of(float x) { return finite_part(x) * sigmoid_of(x); }
+
+/* silu'(x) = s (1 + x (1 - s)), with 1 - s = e s (no cancellation), which
+ * is 1 where e overflows */
+static inline float silu_slope_of(float x) {
+  float e = expf(-x), s = 1.0f / (1.0f + e), c = e < INFINITY ? e * s : 1.0f;
+  return s * (1.0f + finite_part(x) * c);
+}
+
+/* ---- vector maps: exp, sigmoid, silu and silu's gradient ---------------
+ * A map runs over contiguous arrays: o[i] = f(a[i]) for a forward,
+ * o[i] = a[i] f'(b[i]) for a gradient (a = the incoming gradient, b = x).
+ * Each has a scalar, an AVX2 and an AVX-512 form, picked per call. */
+
+typedef void (*map_fn)(int64_t n, float *o, const float *a, const float *b);
+
+typedef struct {
+  map_fn form[3]; /* indexed by df_vmath_level; NULL where not compiled */
+} map_forms;
+
+static void exp_scalar(int64_t n, float *o, const float *a, const float *b) {
+  (void)b;
+  for (int64_t i = 0; i < n; i++) o[i] = expf(a[i]);
+}
+static void sigmoid_scalar(int64_t n, float *o, const float *a, const float *b) {
+  (void)b;
+  for (int64_t i = 0; i < n; i++) o[i] = sigmoid_of(a[i]);
+}
+static void silu_scalar(int64_t n, float *o, const float *a, const float *b) {
+  (void)b;
+  for (int64_t i = 0; i < n; i++) o[i] = silu_of(a[i]);
+}
+static void silu_grad_scalar(int64_t n, float *o, const float *a, const float *b) {
+  for (int64_t i = 0; i < n; i++) o[i] = a[i] * silu_slope_of(b[i]);
+}
+
+#if DF_VMATH_X86
+
+__attribute__((target("avx512f"))) static inline __m512 sigmoid512(__m512 x) {
+  __m512 s, c;
+  df_logistic512(x, &s, &c);
+  return s;
+}
+__attribute__((target("avx512f"))) static inline __m512 silu512(__m512 x) {
+  return _mm512_mul_ps(_mm512_max_ps(_mm512_set1_ps(-FLT_MAX), x), sigmoid512(x)); /* max keeps NaN (2nd operand) */
+}
+__attribute__((target("avx512f"))) static inline __m512 silu_grad512(__m512 g, __m512 x) {
+  __m512 s, c;
+  df_logistic512(x, &s, &c);
+  __m512 xf = _mm512_min_ps(_mm512_set1_ps(FLT_MAX), _mm512_max_ps(_mm512_set1_ps(-FLT_MAX), x));
+  return _mm512_mul_ps(g, _mm512_mul_ps(s, _mm512_fmadd_ps(xf, c, _mm512_set1_ps(1.0f))));
+}
+
+__attribute__((target("avx2,fma"))) static inline __m256 sigmoid256(__m256 x) {
+  __m256 s, c;
+  df_logistic256(x, &s, &c);
+  return s;
+}
+__attribute__((target("avx2,fma"))) static inline __m256 silu256(__m256 x) {
+  return _mm256_mul_ps(_mm256_max_ps(_mm256_set1_ps(-FLT_MAX), x), sigmoid256(x));
+}
+__attribute__((target("avx2,fma"))) static inline __m256 silu_grad256(__m256 g, __m256 x) {
+  __m256 s, c;
+  df_logistic256(x, &s, &c);
+  __m256 xf = _mm256_min_ps(_mm256_set1_ps(FLT_MAX), _mm256_max_ps(_mm256_set1_ps(-FLT_MAX), x));
+  return _mm256_mul_ps(g, _mm256_mul_ps(s, _mm256_fmadd_ps(xf, c, _mm256_set1_ps(1.0f))));
+}
+
+/* The loops: whole vectors, then the tail through a mask (AVX-512) or a
+ * zero-padded copy (AVX2), so tail elements get the same arithmetic. */
+#define MAP512(name, f)                                                                            \
+  __attribute__((target("avx512f"))) static void name(int64_t n, float *o, const float *a,        \
+                                                      const float *b) {                           \
+    (void)b;                                                                                       \
+    int64_t i = 0;                                                                                 \
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(o + i, f(_mm512_loadu_ps(a + i)));               \
+    if (i < n) {                                                                                   \
+      __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);                                             \
+      _mm512_mask_storeu_ps(o + i, m, f(_mm512_maskz_loadu_ps(m, a + i)));                         \
+    }                                                                                              \
+  }
+#define GRAD_MAP512(name, f)                                                                       \
+  __attribute__((target("avx512f"))) static void name(int64_t n, float *o, const float *a,        \
+                                                      const float *b) {                           \
+    int64_t i = 0;                                                                                 \
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(o + i, f(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i))); \
+    if (i < n) {                                                                                   \
+      __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);                                             \
+      _mm512_mask_storeu_ps(o + i, m, f(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i))); \
+    }                                                                                              \
+  }
+#define MAP256(name, f)                                                                            \
+  __attribute__((target("avx2,fma"))) static void name(int64_t n, float *o, const float *a,       \
+                                                       const float *b) {                          \
+    (void)b;                                                                                       \
+    int64_t i = 0;                                                                                 \
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, f(_mm256_loadu_ps(a + i)));                 \
+    if (i < n) {                                                                                   \
+      float pa[8] = {0}, po[8];                                                                    \
+      memcpy(pa, a + i, sizeof(float) * (size_t)(n - i));                                         \
+      _mm256_storeu_ps(po, f(_mm256_loadu_ps(pa)));                                                \
+      memcpy(o + i, po, sizeof(float) * (size_t)(n - i));                                          \
+    }                                                                                              \
+  }
+#define GRAD_MAP256(name, f)                                                                       \
+  __attribute__((target("avx2,fma"))) static void name(int64_t n, float *o, const float *a,       \
+                                                       const float *b) {                          \
+    int64_t i = 0;                                                                                 \
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, f(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i))); \
+    if (i < n) {                                                                                   \
+      float pa[8] = {0}, pb[8] = {0}, po[8];                                                       \
+      memcpy(pa, a + i, sizeof(float) * (size_t)(n - i));                                         \
+      memcpy(pb, b + i, sizeof(float) * (size_t)(n - i));                                         \
+      _mm256_storeu_ps(po, f(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb)));                           \
+      memcpy(o + i, po, sizeof(float) * (size_t)(n - i));                                          \
+    }                                                                                              \
+  }
+
+MAP512(exp_avx512, df_exp512)
+MAP512(sigmoid_avx512, sigmoid512)
+MAP512(silu_avx512, silu512)
+GRAD_MAP512(silu_grad_avx512, silu_grad512)
+MAP256(exp_avx2, df_exp256)
+MAP256(sigmoid_avx2, sigmoid256)
+MAP256(silu_avx2, silu256)
+GRAD_MAP256(silu_grad_avx2, silu_grad256)
+
+#define FORMS(name) {{name##_scalar, name##_avx2, name##_avx512}}
+#else
+#define FORMS(name) {{name##_scalar, NULL, NULL}}
+#endif
+
+static const map_forms exp_forms = FORMS(exp);
+static const map_forms sigmoid_forms = FORMS(sigmoid);
+static const map_forms silu_forms = FORMS(silu);
+static const map_forms silu_grad_forms = FORMS(silu_grad);
+
+#define GATHER_BLOCK 256
+
+/* Runs a map as a df_iter kernel over operands (o, a) or (o, a, b, ...):
+ * contiguous runs go straight to it, strided ones through blocks gathered
+ * on the stack. */
+static void run_map(const map_forms *forms, bool grad, int64_t n, float *const *p, const int64_t *s) {
+  map_fn f = forms->form[df_vmath_level_get()];
+  if (!f) f = forms->form[DF_VMATH_SCALAR];
+  if (s[0] == 1 && s[1] == 1 && (!grad || s[2] == 1)) {
+    f(n, p[0], p[1], grad ? p[2] : NULL);
+    return;
+  }
+  float bo[GATHER_BLOCK], ba[GATHER_BLOCK], bb[GATHER_BLOCK];
+  for (int64_t i0 = 0; i0 < n; i0 += GATHER_BLOCK) {
+    int64_t m = n - i0 < GATHER_BLOCK ? n - i0 : GATHER_BLOCK;
+    for (int64_t i = 0; i < m; i++) ba[i] = p[1][(i0 + i) * s[1]];
+    if (grad)
+      for (int64_t i = 0; i < m; i++) bb[i] = p[2][(i0 + i) * s[2]];
+    f(m, bo, ba, grad ? bb : NULL);
+    for (int64_t i = 0; i < m; i++) p[0][(i0 + i) * s[0]] = bo[i];
+  }
+}
+
+static void k_exp(int64_t n, float *const *p, const int64_t *s, const void *ctx) {
+  (void)ctx;
+  run_map(&exp_forms, false, n, p, s);
+}
+static void k_sigmoid(int64_t n, float *const *p, const int64_t *s, const void *ctx) {
+  (void)ctx;
+  run_map(&sigmoid_forms, false, n, p, s);
+}
+static void k_silu(int64_t n, float *const *p, const int64_t *s, const void *ctx) {
+  (void)ctx;
+  run_map(&silu_forms, false, n, p, s);
+}
+/* over the operands (gi, g, x, y) */
+static void g_silu(int64_t n, float *const *p, const int64_t *s, const void *ctx) {
+  (void)ctx;
+  run_map(&silu_grad_forms, true, n, p, s);
+}
 
 /* ---- unary -------------------------------------------------------------- */
 
@@ -42,16 +237,13 @@ static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 UNARY_KERNEL(k_neg, -x)
 UNARY_KERNEL(k_abs, fabsf(x))
-UNARY_KERNEL(k_exp, expf(x))
 UNARY_KERNEL(k_log, logf(x))
 UNARY_KERNEL(k_sqrt, sqrtf(x))
 UNARY_KERNEL(k_rsqrt, 1.0f / sqrtf(x))
 UNARY_KERNEL(k_sin, sinf(x))
 UNARY_KERNEL(k_cos, cosf(x))
 UNARY_KERNEL(k_tanh, tanhf(x))
-UNARY_KERNEL(k_sigmoid, sigmoidf(x))
 UNARY_KERNEL(k_relu, x > 0.0f ? x : (x == x ? 0.0f : x))
-UNARY_KERNEL(k_silu, x * sigmoidf(x))
 UNARY_KERNEL(k_gelu, 0.5f * x * (1.0f + erff(x * 0.70710678118654752f))) /* exact (erf) form */
 
 static const df_iter_kernel unary_kernels[DF_UNARY_COUNT] = {
@@ -77,6 +269,17 @@ static df_status apply(const char *name, int nop, const df_tensor *const *ops, d
 #define UNARY_GRAD_KERNEL(name, expr)                                              \
   static void name(int64_t n, float *const *p, const int64_t *s, const void *ctx) { \
     (void)ctx;                                                                     \
+    if (s[0] == 1 && s[1] == 1 && s[2] == 1 && s[3] == 1) {                        \
+      float *o = p[0];                                                             \
+      const float *gp = p[1], *xp = p[2], *yp = p[3];                              \
+      for (int64_t i = 0; i < n; i++) {                                            \
+        float gv = gp[i], x = xp[i], y = yp[i];                                    \
+        (void)x;                                                                   \
+        (void)y;                                                                   \
+        o[i] = (expr);                                                             \
+      }                                                                            \
+      return;                                                                      \
+    }                                                                              \
     for (int64_t i = 0; i < n; i++) {                                              \
       float gv = p[1][i * s[1]], x = p[2][i * s[2]], y = p[3][i * s[3]];           \
       (void)x;                                                                     \
@@ -94,9 +297,8 @@ UNARY_GRAD_KERNEL(g_rsqrt, -0.5f * gv * y * y * y)
 UNARY_GRAD_KERNEL(g_sin, gv * cosf(x))
 UNARY_GRAD_KERNEL(g_cos, -gv * sinf(x))
 UNARY_GRAD_KERNEL(g_tanh, gv * (1.0f - y * y))
-UNARY_GRAD_KERNEL(g_sigmoid, gv * y * (1.0f - y))
+UNARY_GRAD_KERNEL(g_sigmoid, gv * y * (1.0f - y)) /* from the saved output, as PyTorch */
 UNARY_GRAD_KERNEL(g_relu, x > 0.0f ? gv : 0.0f)
-UNARY_GRAD_KERNEL(g_silu, gv * (sigmoidf(x) * (1.0f + x * (1.0f - sigmoidf(x)))))
 UNARY_GRAD_KERNEL(g_gelu, gv * (0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
                                 x * 0.39894228040143268f * expf(-0.5f * x * x)))
 

@@ -16,6 +16,7 @@
 #include <cblas.h>
 
 #include "../core/iter.h"
+#include "../core/vmath.h"
 #include "../df.h"
 
 /* ---- shared helpers ----------------------------------------------------- */
@@ -179,26 +180,121 @@ df_status df_linear(df_tensor **out, const df_tensor *x, const df_tensor *w, con
 
 typedef struct {
   const float *x, *g, *w, *b;
-  float *y;     /* forward: output; backward: dx */
+  float *y;     /* forward: output; backward: dx, or NULL when not wanted */
   float *mean, *rstd;
   double *acc_w, *acc_b; /* backward: per affine index, either may be NULL */
+  double *part_g, *part_gx; /* backward, span > 1: per (row, channel in row) sums of g and g xhat, or NULL */
   int64_t rows, len, groups, span, per; /* per = L / S affine indices in a row */
   float eps;
 } norm_job;
 
-static void norm_forward_rows(int64_t r0, int64_t r1, void *arg) {
-  const norm_job *j = arg;
+/* The row loops are written once (the *_body functions, always inlined) and
+ * compiled twice: for any CPU, and with AVX-512 where it runs, picked per
+ * call. Sums run in double over NORM_LANES interleaved lanes: element i of
+ * a run goes to lane i % NORM_LANES, and the lanes are added in a fixed
+ * order at the end. The lanes are GCC/Clang vectors of 8, which each
+ * compilation maps onto its own registers (2 zmm, or 8 xmm), so the order
+ * of every sum depends on the data alone: both compilations, and any
+ * thread count, give the same bits. */
+#define NORM_LANES 16
+/* floats per block of the statistics pass: its two sweeps stay in L1 */
+#define NORM_BLOCK 4096
+
+#define NORM_INLINE static inline __attribute__((always_inline))
+
+typedef float norm_f8 __attribute__((vector_size(8 * sizeof(float))));
+typedef double norm_d8 __attribute__((vector_size(8 * sizeof(double))));
+
+/* 8 floats from p, as floats (f8) or widened to doubles (d8) */
+#define LOAD_F8(dst, p) memcpy(&(dst), (p), sizeof(norm_f8))
+#define LOAD_D8(dst, p)                     \
+  do {                                      \
+    norm_f8 load_tmp_;                      \
+    LOAD_F8(load_tmp_, p);                  \
+    (dst) = __builtin_convertvector(load_tmp_, norm_d8); \
+  } while (0)
+
+/* the two vectors of lanes (0-7, 8-15) into an array, for the tail */
+NORM_INLINE void lanes_store(double *acc, const norm_d8 *lo, const norm_d8 *hi) {
+  memcpy(acc, lo, sizeof *lo);
+  memcpy(acc + 8, hi, sizeof *hi);
+}
+
+NORM_INLINE double lanes_total(const double *acc) {
+  double half[NORM_LANES / 2];
+  for (int k = 0; k < NORM_LANES / 2; k++) half[k] = acc[k] + acc[k + NORM_LANES / 2];
+  double quarter[NORM_LANES / 4];
+  for (int k = 0; k < NORM_LANES / 4; k++) quarter[k] = half[k] + half[k + NORM_LANES / 4];
+  double sum = 0;
+  for (int k = 0; k < NORM_LANES / 4; k++) sum += quarter[k];
+  return sum;
+}
+
+NORM_INLINE double sum_of(const float *x, int64_t n) {
+  norm_d8 lo = {0}, hi = {0}, v;
+  int64_t i = 0;
+  for (; i + NORM_LANES <= n; i += NORM_LANES) {
+    LOAD_D8(v, x + i);
+    lo += v;
+    LOAD_D8(v, x + i + 8);
+    hi += v;
+  }
+  double acc[NORM_LANES];
+  lanes_store(acc, &lo, &hi);
+  for (int k = 0; i < n; i++, k++) acc[k] += x[i];
+  return lanes_total(acc);
+}
+
+/* sum of (x - mean)^2 */
+NORM_INLINE double squared_deviations(const float *x, int64_t n, double mean) {
+  norm_d8 lo = {0}, hi = {0}, v;
+  int64_t i = 0;
+  for (; i + NORM_LANES <= n; i += NORM_LANES) {
+    LOAD_D8(v, x + i);
+    v -= mean;
+    lo += v * v;
+    LOAD_D8(v, x + i + 8);
+    v -= mean;
+    hi += v * v;
+  }
+  double acc[NORM_LANES];
+  lanes_store(acc, &lo, &hi);
+  for (int k = 0; i < n; i++, k++) {
+    double d = x[i] - mean;
+    acc[k] += d * d;
+  }
+  return lanes_total(acc);
+}
+
+/* The mean and the sum of squared deviations of a row in one sweep over
+ * memory: each block of NORM_BLOCK floats is summed, then its deviations
+ * from its own mean (a second sweep, from L1), and the blocks are merged
+ * with the pairwise update of Chan, Golub and LeVeque. A row of one block
+ * is the plain two-pass computation. */
+NORM_INLINE void row_moments(const float *x, int64_t len, double *mean_out, double *m2_out) {
+  double mean = 0, m2 = 0;
+  int64_t count = 0;
+  for (int64_t b0 = 0; b0 < len; b0 += NORM_BLOCK) {
+    int64_t n = len - b0 < NORM_BLOCK ? len - b0 : NORM_BLOCK;
+    double block_mean = sum_of(x + b0, n) / (double)n;
+    double block_m2 = squared_deviations(x + b0, n, block_mean);
+    int64_t total = count + n;
+    double delta = block_mean - mean;
+    mean += delta * ((double)n / (double)total);
+    m2 += block_m2 + delta * delta * ((double)count * (double)n / (double)total);
+    count = total;
+  }
+  *mean_out = mean;
+  *m2_out = m2;
+}
+
+NORM_INLINE void norm_forward_body(int64_t r0, int64_t r1, const norm_job *j) {
   for (int64_t r = r0; r < r1; r++) {
     const float *x = j->x + r * j->len;
     float *y = j->y + r * j->len;
-    double sum = 0, sq = 0;
-    for (int64_t i = 0; i < j->len; i++) sum += x[i];
-    double mean = sum / (double)j->len;
-    for (int64_t i = 0; i < j->len; i++) {
-      double d = x[i] - mean;
-      sq += d * d;
-    }
-    float rstd = (float)(1.0 / sqrt(sq / (double)j->len + j->eps)), m = (float)mean;
+    double mean, m2;
+    row_moments(x, j->len, &mean, &m2);
+    float rstd = (float)(1.0 / sqrt(m2 / (double)j->len + j->eps)), m = (float)mean;
     j->mean[r] = m;
     j->rstd[r] = rstd;
     int64_t a0 = (r % j->groups) * j->per;
@@ -211,36 +307,136 @@ static void norm_forward_rows(int64_t r0, int64_t r1, void *arg) {
   }
 }
 
-/* dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = g w */
-static void norm_backward_rows(int64_t r0, int64_t r1, void *arg) {
-  const norm_job *j = arg;
-  for (int64_t r = r0; r < r1; r++) {
-    const float *x = j->x + r * j->len, *g = j->g + r * j->len;
-    float *dx = j->y + r * j->len, m = j->mean[r], rstd = j->rstd[r];
-    int64_t a0 = (r % j->groups) * j->per;
-    double s1 = 0, s2 = 0;
-    for (int64_t c = 0; c < j->per; c++) {
-      float wc = j->w ? j->w[a0 + c] : 1.0f;
-      for (int64_t s = c * j->span; s < (c + 1) * j->span; s++) {
-        float dxhat = g[s] * wc, xhat = (x[s] - m) * rstd;
-        s1 += dxhat;
-        s2 += (double)dxhat * xhat;
+/* Over n elements: *sum_g = sum of g w, *sum_gx = sum of g w xhat, with
+ * xhat = (x - m) rstd (in float, as the forward pass) and w = 1 when NULL. */
+NORM_INLINE void gradient_sums(const float *g, const float *x, const float *w, int64_t n, float m, float rstd,
+                               double *sum_g, double *sum_gx) {
+  norm_d8 g_lo = {0}, g_hi = {0}, gx_lo = {0}, gx_hi = {0}, gv, wv, xd;
+  norm_f8 xf;
+  int64_t i = 0;
+  for (; i + NORM_LANES <= n; i += NORM_LANES) {
+    for (int half = 0; half < 2; half++) {
+      int64_t at = i + 8 * half;
+      LOAD_D8(gv, g + at);
+      if (w) {
+        LOAD_D8(wv, w + at);
+        gv *= wv;
+      }
+      LOAD_F8(xf, x + at);
+      xf = (xf - m) * rstd;
+      xd = __builtin_convertvector(xf, norm_d8);
+      if (half == 0) {
+        g_lo += gv;
+        gx_lo += gv * xd;
+      } else {
+        g_hi += gv;
+        gx_hi += gv * xd;
       }
     }
+  }
+  double ag[NORM_LANES], agx[NORM_LANES];
+  lanes_store(ag, &g_lo, &g_hi);
+  lanes_store(agx, &gx_lo, &gx_hi);
+  for (int k = 0; i < n; i++, k++) {
+    double gw = w ? (double)g[i] * w[i] : (double)g[i], xhat = (x[i] - m) * rstd;
+    ag[k] += gw;
+    agx[k] += gw * xhat;
+  }
+  *sum_g = lanes_total(ag);
+  *sum_gx = lanes_total(agx);
+}
+
+/* dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = g w.
+ * One sweep gathers the two means (per channel when the row has spatial
+ * extent, keeping each channel's sums for the affine gradients), a second
+ * writes dx. */
+NORM_INLINE void norm_backward_body(int64_t r0, int64_t r1, const norm_job *j) {
+  for (int64_t r = r0; r < r1; r++) {
+    const float *x = j->x + r * j->len, *g = j->g + r * j->len;
+    float m = j->mean[r], rstd = j->rstd[r];
+    int64_t a0 = (r % j->groups) * j->per;
+    double s1 = 0, s2 = 0;
+    if (j->span == 1) { /* one weight per element (layer_norm) */
+      gradient_sums(g, x, j->w ? j->w + a0 : NULL, j->len, m, rstd, &s1, &s2);
+    } else {
+      for (int64_t c = 0; c < j->per; c++) {
+        double sg, sgx, wc = j->w ? j->w[a0 + c] : 1.0;
+        gradient_sums(g + c * j->span, x + c * j->span, NULL, j->span, m, rstd, &sg, &sgx);
+        if (j->part_g) {
+          j->part_g[r * j->per + c] = sg;
+          j->part_gx[r * j->per + c] = sgx;
+        }
+        s1 += wc * sg;
+        s2 += wc * sgx;
+      }
+    }
+    if (!j->y) continue;
+    float *dx = j->y + r * j->len;
     float m1 = (float)(s1 / (double)j->len), m2 = (float)(s2 / (double)j->len);
+    if (j->span == 1) {
+      for (int64_t s = 0; s < j->len; s++) {
+        float xhat = (x[s] - m) * rstd, wc = j->w ? j->w[a0 + s] : 1.0f;
+        dx[s] = rstd * (g[s] * wc - m1 - xhat * m2);
+      }
+      continue;
+    }
     for (int64_t c = 0; c < j->per; c++) {
       float wc = j->w ? j->w[a0 + c] : 1.0f;
-      for (int64_t s = c * j->span; s < (c + 1) * j->span; s++) {
-        float xhat = (x[s] - m) * rstd;
-        dx[s] = rstd * (g[s] * wc - m1 - xhat * m2);
+      const float *xs = x + c * j->span, *gs = g + c * j->span;
+      float *dxs = dx + c * j->span;
+      for (int64_t s = 0; s < j->span; s++) {
+        float xhat = (xs[s] - m) * rstd;
+        dxs[s] = rstd * (gs[s] * wc - m1 - xhat * m2);
       }
     }
   }
 }
 
-/* acc_w[a] = sum of g xhat, acc_b[a] = sum of g over the elements using
- * affine index a, for a in [a0, a1); rows in order, so the sums don't depend
- * on the split. */
+static void norm_forward_generic(int64_t r0, int64_t r1, void *arg) { norm_forward_body(r0, r1, arg); }
+static void norm_backward_generic(int64_t r0, int64_t r1, void *arg) { norm_backward_body(r0, r1, arg); }
+#if DF_VMATH_X86
+__attribute__((target("avx512f"))) static void norm_forward_avx512(int64_t r0, int64_t r1, void *arg) {
+  norm_forward_body(r0, r1, arg);
+}
+__attribute__((target("avx512f"))) static void norm_backward_avx512(int64_t r0, int64_t r1, void *arg) {
+  norm_backward_body(r0, r1, arg);
+}
+#endif
+
+static range_fn norm_forward_rows(void) {
+#if DF_VMATH_X86
+  if (df_vmath_level_get() == DF_VMATH_AVX512) return norm_forward_avx512;
+#endif
+  return norm_forward_generic;
+}
+
+static range_fn norm_backward_rows(void) {
+#if DF_VMATH_X86
+  if (df_vmath_level_get() == DF_VMATH_AVX512) return norm_backward_avx512;
+#endif
+  return norm_backward_generic;
+}
+
+/* The affine gradients from the per-(row, channel) sums of the rows pass:
+ * acc_w[a] = sum over samples of part_gx, acc_b[a] of part_g, samples in
+ * order. Row n * groups + gi, channel c is affine index gi * per + c, and
+ * sits at (n * groups + gi) * per + c = n * naffine + a in the sums. */
+static void norm_affine_from_parts(const norm_job *j) {
+  int64_t naffine = j->groups * j->per, samples = j->rows / j->groups;
+  for (int64_t a = 0; a < naffine; a++) {
+    double sw = 0, sb = 0;
+    for (int64_t n = 0; n < samples; n++) {
+      sw += j->part_gx[n * naffine + a];
+      sb += j->part_g[n * naffine + a];
+    }
+    if (j->acc_w) j->acc_w[a] = sw;
+    if (j->acc_b) j->acc_b[a] = sb;
+  }
+}
+
+/* Rows without spatial extent (layer_norm): acc_w[a] = sum of g xhat,
+ * acc_b[a] = sum of g over the elements using affine index a, for a in
+ * [a0, a1); rows in order, so the sums don't depend on the split. */
 static void norm_backward_affine(int64_t a0, int64_t a1, void *arg) {
   const norm_job *j = arg;
   for (int64_t a = a0; a < a1; a++) {
@@ -284,7 +480,7 @@ static df_status norm_forward(const char *name, df_tensor **out, float **stats, 
     norm_job j = {.x = df_tensor_data(xc), .w = wc ? df_tensor_data(wc) : NULL, .b = bc ? df_tensor_data(bc) : NULL,
                   .y = df_tensor_data(y), .mean = st_buf, .rstd = st_buf + rows, .rows = rows, .len = len,
                   .groups = groups, .span = span, .per = len / span, .eps = eps};
-    parallel_range(rows, 2 * len, norm_forward_rows, &j);
+    parallel_range(rows, 2 * len, norm_forward_rows(), &j);
   }
 done:
   df_tensor_release(xc);
@@ -308,39 +504,45 @@ static df_status bw_norm(df_node *n, const df_tensor *g, df_tensor **gi) {
   bool need_x = df_node_needs_grad(n, 0), need_w = df_node_needs_grad(n, iw), need_b = df_node_needs_grad(n, ib);
   int64_t per = span > 0 ? len / span : 0, naffine = groups * per;
   df_tensor *xc = NULL, *wc = NULL, *gc = NULL, *dx = NULL, *dw = NULL, *db = NULL;
-  double *acc = NULL;
+  double *acc = NULL, *part = NULL;
   df_status st;
   if ((st = df_tensor_contiguous(&xc, x)) || (st = df_tensor_contiguous(&gc, g)) ||
       (w && (st = df_tensor_contiguous(&wc, w))))
     goto done;
-  if ((need_x && (st = df_tensor_zeros(&dx, x->ndim, x->size))) ||
+  if ((need_x && (st = df_tensor_empty(&dx, x->ndim, x->size))) || /* every element is written */
       (need_w && (st = df_tensor_zeros(&dw, w->ndim, w->size))) ||
       (need_b && (st = df_tensor_zeros(&db, n->inputs[ib].ndim, n->inputs[ib].size))))
     goto done;
   if (len > 0 && rows > 0) {
     norm_job j = {.x = df_tensor_data(xc), .g = df_tensor_data(gc), .w = wc ? df_tensor_data(wc) : NULL,
-                  .mean = (float *)stats, .rstd = (float *)stats + rows, .rows = rows, .len = len,
-                  .groups = groups, .span = span, .per = per};
-    if (need_x) {
-      j.y = df_tensor_data(dx);
-      parallel_range(rows, 3 * len, norm_backward_rows, &j);
-    }
-    if (need_w || need_b) {
-      if (!(acc = df_malloc(sizeof(double) * (size_t)(2 * naffine)))) {
+                  .y = need_x ? df_tensor_data(dx) : NULL, .mean = (float *)stats, .rstd = (float *)stats + rows,
+                  .rows = rows, .len = len, .groups = groups, .span = span, .per = per};
+    bool affine = need_w || need_b, parts = affine && span > 1;
+    if (affine) {
+      /* acc: the affine sums; part: the rows pass's per-(row, channel) sums */
+      size_t nacc = (size_t)(2 * naffine), npart = parts ? (size_t)(2 * rows * per) : 0;
+      if (!(acc = df_malloc(sizeof(double) * nacc)) || (npart && !(part = df_malloc(sizeof(double) * npart)))) {
         st = df_error(DF_ENOMEM, "%s: out of memory", n->name);
         goto done;
       }
       j.acc_w = need_w ? acc : NULL;
       j.acc_b = need_b ? acc + naffine : NULL;
-      parallel_range(naffine, rows * span, norm_backward_affine, &j);
-      for (int64_t a = 0; a < naffine; a++) {
-        if (need_w) df_tensor_data(dw)[a] = (float)acc[a];
-        if (need_b) df_tensor_data(db)[a] = (float)acc[naffine + a];
+      if (parts) {
+        j.part_g = part;
+        j.part_gx = part + rows * per;
       }
+    }
+    if (need_x || parts) parallel_range(rows, 3 * len, norm_backward_rows(), &j);
+    if (parts) norm_affine_from_parts(&j);
+    else if (affine) parallel_range(naffine, rows * span, norm_backward_affine, &j);
+    for (int64_t a = 0; affine && a < naffine; a++) {
+      if (need_w) df_tensor_data(dw)[a] = (float)acc[a];
+      if (need_b) df_tensor_data(db)[a] = (float)acc[naffine + a];
     }
   }
 done:
   df_free(acc);
+  df_free(part);
   df_tensor_release(xc);
   df_tensor_release(wc);
   df_tensor_release(gc);
