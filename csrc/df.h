@@ -45,13 +45,17 @@ void *df_malloc(size_t bytes);           /* NULL on failure (or injected failure
 void *df_calloc(size_t n, size_t size);
 void df_free(void *p);
 /* Tensor buffers: large ones are recycled through a bounded cache, because
- * fresh pages cost a page fault each. *capacity receives the usable size. */
+ * fresh pages cost a page fault each. *capacity receives the usable size.
+ * The cache holds up to 1 GiB or the peak of live tensor bytes, whichever is
+ * more: a training step's activations come back from it whole next step. */
 void *df_buffer_get(size_t bytes, bool zero, size_t *capacity);
 void df_buffer_put(void *p, size_t capacity);
 size_t df_buffer_cache_clear(void); /* returns the bytes given back */
 size_t df_buffer_cache_bytes(void);
 /* Bytes held by live tensor storages (the binding reports them to Lua's GC). */
 size_t df_live_bytes(void);
+/* The most df_live_bytes has been since the start. */
+size_t df_peak_live_bytes(void);
 /* Bytes of tensor storage allocated since the start (never decreases). */
 size_t df_allocated_bytes(void);
 /* Test hook: the n-th allocation from now fails (n >= 1); 0 turns it off. */

@@ -36,13 +36,15 @@ void df_free(void *p) { free(p); }
  * Large tensor buffers are kept after release and handed out again for a
  * request of about the same size. Fresh pages cost a page fault each (on
  * some machines more than the arithmetic done on them), and training and
- * sampling loops ask for the same sizes every step. Bounded; emptied by
+ * sampling loops ask for the same sizes every step. Bounded by 1 GiB or
+ * the peak of live tensor bytes, whichever is more (so a step's activations
+ * fit and the peak RSS stays about that peak); emptied by
  * df_buffer_cache_clear. Off under AddressSanitizer, which must see frees. */
 #include <pthread.h>
 #include <string.h>
 
 #define CACHE_MIN_BYTES ((size_t)256 << 10)
-#define CACHE_SLOTS 512
+#define CACHE_SLOTS 2048
 
 #if defined(__SANITIZE_ADDRESS__)
 #define CACHE_ENABLED 0
@@ -93,14 +95,16 @@ void df_buffer_put(void *p, size_t capacity) {
   if (CACHE_ENABLED && capacity >= CACHE_MIN_BYTES) {
     pthread_mutex_lock(&cache.lock);
     /* make room: drop the oldest entries */
-    while (cache.count > 0 && (cache.count == CACHE_SLOTS || cache.total + capacity > cache.limit)) {
+    /* as much as was ever live at once: a step's buffers all come back next step */
+    size_t peak = df_peak_live_bytes(), limit = peak > cache.limit ? peak : cache.limit;
+    while (cache.count > 0 && (cache.count == CACHE_SLOTS || cache.total + capacity > limit)) {
       free(cache.ptr[0]);
       cache.total -= cache.bytes[0];
       cache.count--;
       memmove(cache.ptr, cache.ptr + 1, sizeof(void *) * (size_t)cache.count);
       memmove(cache.bytes, cache.bytes + 1, sizeof(size_t) * (size_t)cache.count);
     }
-    if (capacity <= cache.limit) {
+    if (capacity <= limit) {
       cache.ptr[cache.count] = p;
       cache.bytes[cache.count] = capacity;
       cache.count++;

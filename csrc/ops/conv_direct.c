@@ -35,6 +35,9 @@
 #define LANES 16
 #define OUT_BLOCK 8  /* output channels per forward tile */
 #define VEC_BLOCK 3  /* vectors per forward tile */
+#ifndef IN_BLOCK
+#define IN_BLOCK 16  /* input channels per forward pass over the plane */
+#endif
 #define MAX_TAPS 9
 #define GROUP_BYTES ((int64_t)512 << 10) /* grad weight: images per pass fit in L2 */
 
@@ -147,7 +150,10 @@ typedef struct {
 /* The accumulators are named variables, not an array: GCC keeps an array of
  * 24 vectors on the stack, with a store per FMA. */
 #define ACC_ROW(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
-#define ACC_DECL(o) __m512 a##o##_0 = init(bias, o), a##o##_1 = a##o##_0, a##o##_2 = a##o##_0;
+#define ACC_DECL(o)                                                                                   \
+  __m512 a##o##_0 = start(bias, y, o, live_o, out_plane, &out[0], c0), a##o##_1 = a##o##_0, a##o##_2 = a##o##_0; \
+  if (R > 1) a##o##_1 = start(bias, y, o, live_o, out_plane, &out[1], c0);                               \
+  if (R > 2) a##o##_2 = start(bias, y, o, live_o, out_plane, &out[2], c0);
 #define ACC_FMA(o)                                        \
   {                                                       \
     __m512 wv = _mm512_set1_ps(wt[o]);                    \
@@ -162,20 +168,27 @@ typedef struct {
     if (R > 2) _mm512_mask_storeu_ps(y + o * out_plane + out[2].off, out[2].mask, a##o##_2);     \
   }
 
-__attribute__((target("avx512f"), always_inline)) static inline __m512 init(const float *bias, int o) {
+/* an accumulator's start: the bias (or 0) before the first block of input
+ * channels, then what the earlier blocks left in y */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 start(const float *bias, const float *y, int o,
+                                                                             int64_t live_o, int64_t out_plane,
+                                                                             const tap_t *out, int64_t c0) {
+  if (c0 > 0) return o < live_o ? _mm512_maskz_loadu_ps(out->mask, y + o * out_plane + out->off) : _mm512_setzero_ps();
   return bias ? _mm512_set1_ps(bias[o]) : _mm512_setzero_ps();
 }
 
-/* output channels ob * 8 .. + 7 at vectors v0 .. v0 + R - 1 of one image */
+/* output channels ob * 8 .. + 7 at vectors v0 .. v0 + R - 1 of one image,
+ * input channels c0 .. c1 - 1 */
 __attribute__((target("avx512f"), always_inline)) static inline void fwd_tile(const fwd_job *j, const float *x,
                                                                               const float *wpk, const float *bias,
                                                                               float *y, int64_t live_o, int64_t v0,
-                                                                              const int R) {
+                                                                              int64_t c0, int64_t c1, const int R) {
   const plane_map *m = j->m;
   const int64_t taps = m->taps, in_plane = m->ih * m->iw, out_plane = m->oh * m->ow;
+  const tap_t *out = &m->out[v0];
   ACC_ROW(ACC_DECL)
   const tap_t *t0 = m->in + v0 * taps, *t1 = R > 1 ? t0 + taps : t0, *t2 = R > 2 ? t0 + 2 * taps : t0;
-  for (int64_t c = 0; c < j->c; c++) {
+  for (int64_t c = c0; c < c1; c++) {
     const float *xc = x + c * in_plane, *wt = wpk + c * taps * OUT_BLOCK;
     for (int64_t t = 0; t < taps; t++, wt += OUT_BLOCK) {
       __m512 in0 = _mm512_maskz_loadu_ps(t0[t].mask, TAP_ADDR(xc, t0[t].off)), in1 = in0, in2 = in0;
@@ -184,7 +197,6 @@ __attribute__((target("avx512f"), always_inline)) static inline void fwd_tile(co
       ACC_ROW(ACC_FMA)
     }
   }
-  const tap_t *out = &m->out[v0];
   ACC_ROW(ACC_STORE)
 }
 
@@ -199,10 +211,14 @@ __attribute__((target("avx512f"))) static void fwd_task(int64_t task, void *arg)
   const float *bias = j->bias ? j->bias + ob * OUT_BLOCK : NULL;
   float *y = j->y + (n * j->o + ob * OUT_BLOCK) * m->oh * m->ow;
   int64_t live_o = j->o - ob * OUT_BLOCK < OUT_BLOCK ? j->o - ob * OUT_BLOCK : OUT_BLOCK;
-  int64_t v = v_lo;
-  for (; v + VEC_BLOCK <= v_hi; v += VEC_BLOCK) fwd_tile(j, x, wpk, bias, y, live_o, v, VEC_BLOCK);
-  if (v_hi - v == 2) fwd_tile(j, x, wpk, bias, y, live_o, v, 2);
-  else if (v_hi - v == 1) fwd_tile(j, x, wpk, bias, y, live_o, v, 1);
+  /* blocks of input channels: a block's weights and input rows stay in L1
+   * while the tiles sweep the plane; the sums carry over in y */
+  for (int64_t c0 = 0; c0 < j->c; c0 += IN_BLOCK) {
+    int64_t c1 = c0 + IN_BLOCK < j->c ? c0 + IN_BLOCK : j->c, v = v_lo;
+    for (; v + VEC_BLOCK <= v_hi; v += VEC_BLOCK) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, VEC_BLOCK);
+    if (v_hi - v == 2) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, 2);
+    else if (v_hi - v == 1) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, 1);
+  }
 }
 
 #endif /* DIRECT_X86 */
