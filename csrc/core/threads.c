@@ -21,8 +21,8 @@ typedef struct {
   pthread_t workers[MAX_THREADS];
   int nworkers;       /* started worker threads */
   int nthreads;       /* threads used per call, caller included */
-  uint64_t generation; /* bumped for each job */
-  int active;         /* workers still inside the current job */
+  _Atomic uint64_t generation; /* bumped for each job (read unlocked by spinning workers) */
+  atomic_int active;  /* workers still inside the current job */
   /* the current job */
   void (*fn)(int64_t, void *);
   void *ctx;
@@ -49,17 +49,32 @@ static void run_tasks(void) {
   inside_parallel = false;
 }
 
+/* A worker that just finished a job spins a little before it sleeps, and so
+ * does the caller waiting for the workers: a U-Net step is thousands of
+ * short parallel loops, and a futex sleep and wake-up each time cost more
+ * than some of the loops. */
+#define SPIN_ROUNDS 20000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 static void *worker_main(void *arg) {
   int id = (int)(intptr_t)arg;
   uint64_t seen = 0;
-  pthread_mutex_lock(&pool.lock);
   for (;;) {
-    while (pool.generation == seen || id >= pool.nthreads - 1) pthread_cond_wait(&pool.wake, &pool.lock);
-    seen = pool.generation;
+    for (int i = 0; i < SPIN_ROUNDS && atomic_load_explicit(&pool.generation, memory_order_acquire) == seen; i++)
+      cpu_relax();
+    pthread_mutex_lock(&pool.lock);
+    while (atomic_load(&pool.generation) == seen || id >= pool.nthreads - 1) pthread_cond_wait(&pool.wake, &pool.lock);
+    seen = atomic_load(&pool.generation);
     pthread_mutex_unlock(&pool.lock);
     run_tasks();
     pthread_mutex_lock(&pool.lock);
-    if (--pool.active == 0) pthread_cond_signal(&pool.done);
+    if (atomic_fetch_sub(&pool.active, 1) == 1) pthread_cond_signal(&pool.done);
+    pthread_mutex_unlock(&pool.lock);
   }
   return NULL;
 }
@@ -135,8 +150,9 @@ void df_parallel_for(int64_t ntasks, void (*fn)(int64_t, void *), void *ctx) {
 
   run_tasks();
 
+  for (int i = 0; i < SPIN_ROUNDS && atomic_load_explicit(&pool.active, memory_order_acquire) > 0; i++) cpu_relax();
   pthread_mutex_lock(&pool.lock);
-  while (pool.active > 0) pthread_cond_wait(&pool.done, &pool.lock);
+  while (atomic_load(&pool.active) > 0) pthread_cond_wait(&pool.done, &pool.lock);
   pthread_mutex_unlock(&pool.lock);
   pthread_mutex_unlock(&call_lock);
 }

@@ -17,10 +17,9 @@
  *                weights, 24 FMAs. Weights are packed (O/8, C, taps, 8).
  *   grad input   the same kernel over dy with the weights transposed and
  *                flipped (stride 1: dx = conv(dy, flip(w)ᵀ), padding k-1-p).
- *   grad weight  per (8 outputs, 1 input channel, 1 kernel row) for 3x3,
- *                (4 outputs, 4 input channels) for 1x1:
- *                vector partial sums over positions and images, in a
- *                workspace of 16 lanes per weight, reduced at the end.
+ *   grad weight  vectors over 32 output channels x 12 (channel, tap)
+ *                pairs, from dy transposed and x zero-padded per image
+ *                (see "grad weight" below).
  * Tasks cut work by shape only, so results are bitwise the same whatever
  * the thread count. */
 #include "conv_direct.h"
@@ -39,7 +38,6 @@
 #define IN_BLOCK 16  /* input channels per forward pass over the plane */
 #endif
 #define MAX_TAPS 9
-#define GROUP_BYTES ((int64_t)512 << 10) /* grad weight: images per pass fit in L2 */
 
 static int direct_mode = 1; /* 1: where it applies, 0: never (tests compare both paths) */
 
@@ -273,147 +271,174 @@ df_status conv_direct_forward(const direct_geom *g, const float *x, const float 
 #endif
 }
 
-/* ---- grad weight ----------------------------------------------------------- */
+/* ---- grad weight -------------------------------------------------------------
+ * dw[o][c][ki][kj] = sum over images and output positions (y, x) of
+ * dy[o][y][x] * x[c][y + ki - ph][x + kj - pw]. Here the sum runs over
+ * scalars, so the vectors run over output channels instead: per image, dy
+ * is transposed to (positions, O rounded up to 32) and x is copied into a
+ * zero-padded plane (C rounded up), so every tap is a plain offset. A tile
+ * holds 2 vectors of 16 output channels x 12 (input channel, tap) pairs:
+ * 4 channels x the 3 taps of one kernel row for 3x3, 12 channels for 1x1.
+ * Per position: 2 vector loads of dy, 12 broadcasts of x, 24 FMAs; the sums
+ * stay in registers over a group of images, then add into partial sums laid
+ * out (C, taps, O) — each tile owns its entries, images go in order, so the
+ * result does not depend on the thread count. */
+
+#define DW_OUT 32                 /* output channels per tile: 2 vectors */
+#define DW_PAIRS 12               /* (input channel, tap) pairs per tile */
+#define DW_MIN_POSITIONS 4096     /* a group of images has at least this many positions */
+#define DW_GROUP_BYTES ((int64_t)8 << 20) /* ... and its copies stay about this small */
+
+typedef struct {
+  const direct_geom *g;
+  const float *x, *dy;
+  float *xpad, *dyt;     /* the group's copies: (images, C_pad, hp, wp) and (images, L, O_pad) */
+  float *partial;        /* (C_pad, taps, O_pad) */
+  int64_t c_pad, o_pad, hp, wp, l, taps;
+  int64_t n0, images;    /* the group */
+  int64_t o_tiles, c_tiles, rows; /* tiles: o_tiles x c_tiles x rows (kernel rows, 1 for 1x1) */
+} dw_job;
+
+/* prepare image b of the group: task < images * c_pad pads one channel,
+ * the rest transpose one image's dy */
+static void dw_prep_task(int64_t task, void *arg) {
+  const dw_job *j = arg;
+  const direct_geom *g = j->g;
+  int64_t plane = j->hp * j->wp;
+  if (task < j->images * j->c_pad) {
+    int64_t b = task / j->c_pad, c = task % j->c_pad;
+    float *dst = j->xpad + (b * j->c_pad + c) * plane;
+    if (c >= g->c) {
+      memset(dst, 0, sizeof(float) * (size_t)plane);
+      return;
+    }
+    const float *src = j->x + ((j->n0 + b) * g->c + c) * g->h * g->w;
+    for (int64_t y = 0; y < j->hp; y++) {
+      float *row = dst + y * j->wp;
+      int64_t sy = y - g->ph;
+      if (sy < 0 || sy >= g->h) {
+        memset(row, 0, sizeof(float) * (size_t)j->wp);
+        continue;
+      }
+      for (int64_t x = 0; x < g->pw; x++) row[x] = 0.0f;
+      memcpy(row + g->pw, src + sy * g->w, sizeof(float) * (size_t)g->w);
+      for (int64_t x = g->pw + g->w; x < j->wp; x++) row[x] = 0.0f;
+    }
+    return;
+  }
+  int64_t b = task - j->images * j->c_pad;
+  const float *src = j->dy + (j->n0 + b) * g->o * j->l;
+  float *dst = j->dyt + b * j->l * j->o_pad;
+  for (int64_t p0 = 0; p0 < j->l; p0 += 16) /* 16 x 16 blocks: whole cache lines both ways */
+    for (int64_t o0 = 0; o0 < j->o_pad; o0 += 16)
+      for (int64_t p = p0; p < p0 + 16 && p < j->l; p++) {
+        float *row = dst + p * j->o_pad;
+        for (int64_t o = o0; o < o0 + 16; o++) row[o] = o < g->o ? src[o * j->l + p] : 0.0f;
+      }
+}
 
 #ifdef DIRECT_X86
 
-typedef struct {
-  const plane_map *m;
-  const float *x, *dy;
-  float *partial; /* (O, C, taps, LANES) */
-  int64_t c, o, n0, images, o_tiles, c_tiles;
-} dw_job;
-
-/* 3x3: sums for 8 outputs x the 3 taps of one kernel row ki of one input
- * channel, over the images of the pass, added to the partial sums. Per
- * vector of positions: 3 loads of x, 8 of dy, 24 FMAs. The accumulators are
- * named variables, as in fwd_tile. */
-#define DW3_DECL(o) __m512 k##o##_0 = _mm512_setzero_ps(), k##o##_1 = k##o##_0, k##o##_2 = k##o##_0;
-#define DW3_FMA(o)                                                                                  \
-  {                                                                                                 \
-    __m512 d = _mm512_maskz_loadu_ps(out->mask, dyp[o] + out->off);                                 \
-    k##o##_0 = _mm512_fmadd_ps(d, x0, k##o##_0), k##o##_1 = _mm512_fmadd_ps(d, x1, k##o##_1);      \
-    k##o##_2 = _mm512_fmadd_ps(d, x2, k##o##_2);                                                    \
+#define PAIRS(M) M(0, 0) M(0, 1) M(0, 2) M(1, 0) M(1, 1) M(1, 2) M(2, 0) M(2, 1) M(2, 2) M(3, 0) M(3, 1) M(3, 2)
+#define DWO_DECL(i, k) __m512 s##i##k##_0 = _mm512_setzero_ps(), s##i##k##_1 = s##i##k##_0;
+#define DWO_FMA(i, k)                                  \
+  {                                                    \
+    __m512 xv = _mm512_set1_ps(xr##i[pos + jo##k]);    \
+    s##i##k##_0 = _mm512_fmadd_ps(xv, d0, s##i##k##_0); \
+    s##i##k##_1 = _mm512_fmadd_ps(xv, d1, s##i##k##_1); \
   }
-#define DW3_STORE(o)                                                                                \
-  add_partial(j, o0 + o, c, ki * 3, 9, k##o##_0), add_partial(j, o0 + o, c, ki * 3 + 1, 9, k##o##_1), \
-      add_partial(j, o0 + o, c, ki * 3 + 2, 9, k##o##_2);
+#define DWO_STORE(i, k) add_partial(j, c_of(j, c0, i, k), tap_of(j, ki, k), o0, s##i##k##_0, s##i##k##_1);
 
-__attribute__((target("avx512f"), always_inline)) static inline void add_partial(const dw_job *j, int64_t o, int64_t c,
-                                                                                 int64_t t, int taps, __m512 sum) {
-  if (o >= j->o || c >= j->c) return; /* a channel past the end read channel 0: dropped */
-  float *p = j->partial + ((o * j->c + c) * taps + t) * LANES;
-  _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), sum));
+/* the (channel, tap) of pair (i, k): 3x3 — channel c0 + i, tap (ki, k);
+ * 1x1 — channel c0 + 3 i + k */
+static inline int64_t c_of(const dw_job *j, int64_t c0, int i, int k) { return j->taps == 9 ? c0 + i : c0 + 3 * i + k; }
+static inline int64_t tap_of(const dw_job *j, int64_t ki, int k) { return j->taps == 9 ? ki * 3 + k : 0; }
+
+__attribute__((target("avx512f"), always_inline)) static inline void add_partial(const dw_job *j, int64_t c, int64_t t,
+                                                                                 int64_t o0, __m512 lo, __m512 hi) {
+  if (c >= j->g->c) return; /* a padding channel */
+  float *p = j->partial + (c * j->taps + t) * j->o_pad + o0;
+  _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), lo));
+  _mm512_storeu_ps(p + 16, _mm512_add_ps(_mm512_loadu_ps(p + 16), hi));
 }
 
-__attribute__((target("avx512f"))) static void dw_tile3x3(const dw_job *j, int64_t o0, int64_t c, int64_t ki) {
-  const plane_map *m = j->m;
-  const int64_t in_plane = m->ih * m->iw, out_plane = m->oh * m->ow;
-  ACC_ROW(DW3_DECL)
-  for (int64_t n = j->n0; n < j->n0 + j->images; n++) {
-    const float *dyp[OUT_BLOCK];
-    for (int i = 0; i < OUT_BLOCK; i++) /* channels past the end read channel 0; their sums are dropped */
-      dyp[i] = j->dy + (n * j->o + (o0 + i < j->o ? o0 + i : 0)) * out_plane;
-    const float *xp = j->x + (n * j->c + c) * in_plane;
-    for (int64_t v = 0; v < m->vecs; v++) {
-      const tap_t *out = &m->out[v], *tv = m->in + v * 9 + ki * 3;
-      __m512 x0 = _mm512_maskz_loadu_ps(tv[0].mask, TAP_ADDR(xp, tv[0].off));
-      __m512 x1 = _mm512_maskz_loadu_ps(tv[1].mask, TAP_ADDR(xp, tv[1].off));
-      __m512 x2 = _mm512_maskz_loadu_ps(tv[2].mask, TAP_ADDR(xp, tv[2].off));
-      ACC_ROW(DW3_FMA)
-    }
-  }
-  ACC_ROW(DW3_STORE)
-}
-
-/* 1x1: sums for 4 outputs x 4 input channels */
-#define FOUR(M) M(0) M(1) M(2) M(3)
-#define DW1_DECL(a) __m512 s##a##0 = _mm512_setzero_ps(), s##a##1 = s##a##0, s##a##2 = s##a##0, s##a##3 = s##a##0;
-#define DW1_LOADX(b) __m512 x##b = _mm512_maskz_loadu_ps(out->mask, xp[b] + out->off);
-#define DW1_FMA(a)                                                                    \
-  {                                                                                   \
-    __m512 d = _mm512_maskz_loadu_ps(out->mask, dyp[a] + out->off);                   \
-    s##a##0 = _mm512_fmadd_ps(d, x0, s##a##0), s##a##1 = _mm512_fmadd_ps(d, x1, s##a##1); \
-    s##a##2 = _mm512_fmadd_ps(d, x2, s##a##2), s##a##3 = _mm512_fmadd_ps(d, x3, s##a##3); \
-  }
-#define DW1_STORE(a)                                                                         \
-  add_partial(j, o0 + a, c0, 0, 1, s##a##0), add_partial(j, o0 + a, c0 + 1, 0, 1, s##a##1), \
-      add_partial(j, o0 + a, c0 + 2, 0, 1, s##a##2), add_partial(j, o0 + a, c0 + 3, 0, 1, s##a##3);
-
-__attribute__((target("avx512f"))) static void dw_tile1x1(const dw_job *j, int64_t o0, int64_t c0) {
-  const plane_map *m = j->m;
-  const int64_t in_plane = m->ih * m->iw, out_plane = m->oh * m->ow;
-  FOUR(DW1_DECL)
-  for (int64_t n = j->n0; n < j->n0 + j->images; n++) {
-    const float *dyp[4], *xp[4];
-    for (int i = 0; i < 4; i++) { /* channels past the end read channel 0; their sums are dropped */
-      dyp[i] = j->dy + (n * j->o + (o0 + i < j->o ? o0 + i : 0)) * out_plane;
-      xp[i] = j->x + (n * j->c + (c0 + i < j->c ? c0 + i : 0)) * in_plane;
-    }
-    for (int64_t v = 0; v < m->vecs; v++) {
-      const tap_t *out = &m->out[v]; /* 1x1 without padding: input and output positions agree */
-      FOUR(DW1_LOADX)
-      FOUR(DW1_FMA)
-    }
-  }
-  FOUR(DW1_STORE)
-}
-
-/* a task: DW_TILES_PER_TASK tiles in a row, so the pool's handing out of
- * tasks costs little beside them (a tile can be a microsecond) */
-#define DW_TILES_PER_TASK 8
 __attribute__((target("avx512f"))) static void dw_task(int64_t task, void *arg) {
   const dw_job *j = arg;
-  int64_t hi = (task + 1) * DW_TILES_PER_TASK, tiles = j->o_tiles * j->c_tiles;
-  for (int64_t tile = task * DW_TILES_PER_TASK; tile < hi && tile < tiles; tile++) {
-    int64_t ot = tile / j->c_tiles, ct = tile % j->c_tiles;
-    if (j->m->taps == 9) dw_tile3x3(j, ot * OUT_BLOCK, ct / 3, ct % 3);
-    else dw_tile1x1(j, ot * 4, ct * 4);
+  const direct_geom *g = j->g;
+  int64_t ot = task / (j->c_tiles * j->rows), rest = task % (j->c_tiles * j->rows);
+  int64_t ct = rest / j->rows, ki = rest % j->rows;
+  int64_t o0 = ot * DW_OUT, c0 = ct * (j->taps == 9 ? 4 : DW_PAIRS), plane = j->hp * j->wp;
+  /* pair (i, k) reads xr_i[pos + jo_k]: 3x3 — row base of channel c0 + i at kernel row ki, jo = kj;
+   * 1x1 — channel c0 + 3 i, jo = k planes further */
+  int64_t jo0 = 0, jo1 = j->taps == 9 ? 1 : plane, jo2 = j->taps == 9 ? 2 : 2 * plane;
+  int64_t stride_i = j->taps == 9 ? plane : 3 * plane;
+  PAIRS(DWO_DECL)
+  for (int64_t b = 0; b < j->images; b++) {
+    const float *xb = j->xpad + (b * j->c_pad + c0) * plane + ki * j->wp;
+    const float *xr0 = xb, *xr1 = xb + stride_i, *xr2 = xb + 2 * stride_i, *xr3 = xb + 3 * stride_i;
+    const float *d = j->dyt + b * j->l * j->o_pad + o0;
+    for (int64_t y = 0; y < g->oh; y++)
+      for (int64_t x = 0; x < g->ow; x++, d += j->o_pad) {
+        int64_t pos = y * j->wp + x;
+        __m512 d0 = _mm512_loadu_ps(d), d1 = _mm512_loadu_ps(d + 16);
+        PAIRS(DWO_FMA)
+      }
   }
-}
-
-typedef struct {
-  const float *partial;
-  float *dw;
-  int64_t per_task, count;
-} reduce_job;
-
-__attribute__((target("avx512f"))) static void reduce_task(int64_t task, void *arg) {
-  const reduce_job *j = arg;
-  int64_t hi = (task + 1) * j->per_task < j->count ? (task + 1) * j->per_task : j->count;
-  for (int64_t i = task * j->per_task; i < hi; i++) j->dw[i] = _mm512_reduce_add_ps(_mm512_loadu_ps(j->partial + i * LANES));
+  PAIRS(DWO_STORE)
 }
 
 #endif /* DIRECT_X86 */
 
+typedef struct {
+  const float *partial;
+  float *dw;
+  int64_t c, o, o_pad, taps;
+} dw_out_job;
+
+/* dw (O, C, taps) from the partial sums (C_pad, taps, O_pad), one output channel per task */
+static void dw_out_task(int64_t o, void *arg) {
+  const dw_out_job *j = arg;
+  for (int64_t c = 0; c < j->c; c++)
+    for (int64_t t = 0; t < j->taps; t++) j->dw[(o * j->c + c) * j->taps + t] = j->partial[(c * j->taps + t) * j->o_pad + o];
+}
+
 df_status conv_direct_grad_weight(const direct_geom *g, const float *x, const float *dy, float *dw) {
 #ifdef DIRECT_X86
-  plane_map m;
-  df_status st = map_init(&m, g->h, g->w, g->oh, g->ow, g->kh, g->kw, g->ph, g->pw);
-  if (st) return st;
-  int64_t count = g->o * g->c * m.taps;
-  float *partial = df_calloc((size_t)count * LANES, sizeof(float));
-  if (!partial) {
-    df_free(m.in);
-    return df_error(DF_ENOMEM, "conv2d: out of memory for the weight gradient's partial sums");
-  }
-  bool three = m.taps == 9;
-  dw_job j = {.m = &m, .x = x, .dy = dy, .partial = partial, .c = g->c, .o = g->o};
-  j.o_tiles = three ? (g->o + OUT_BLOCK - 1) / OUT_BLOCK : (g->o + 3) / 4;
-  j.c_tiles = three ? g->c * 3 : (g->c + 3) / 4; /* 3x3: (input channel, kernel row) */
-  /* images per pass: their x and dy planes stay in L2 while every tile reads them */
-  int64_t per_image = (g->c * g->h * g->w + g->o * g->oh * g->ow) * (int64_t)sizeof(float);
-  int64_t group = per_image > 0 ? GROUP_BYTES / per_image : g->n;
+  bool three = g->kh == 3;
+  dw_job j = {.g = g, .x = x, .dy = dy, .taps = g->kh * g->kw, .l = g->oh * g->ow};
+  j.o_pad = (g->o + DW_OUT - 1) / DW_OUT * DW_OUT;
+  int64_t c_block = three ? 4 : DW_PAIRS;
+  j.c_pad = (g->c + c_block - 1) / c_block * c_block;
+  j.hp = g->h + 2 * g->ph;
+  j.wp = g->w + 2 * g->pw;
+  j.o_tiles = j.o_pad / DW_OUT;
+  j.c_tiles = j.c_pad / c_block;
+  j.rows = three ? 3 : 1;
+  /* images per group: enough positions to keep a tile busy, copies about L2-sized */
+  int64_t per_image = (j.c_pad * j.hp * j.wp + j.l * j.o_pad) * (int64_t)sizeof(float);
+  int64_t group = (DW_MIN_POSITIONS + j.l - 1) / j.l;
+  if (group * per_image > DW_GROUP_BYTES) group = DW_GROUP_BYTES / per_image;
   if (group < 1) group = 1;
+  if (group > g->n) group = g->n;
+  size_t partial_n = (size_t)(j.c_pad * j.taps * j.o_pad);
+  j.partial = df_calloc(partial_n, sizeof(float));
+  size_t work_bytes = (size_t)(group * per_image), work_capacity = 0; /* recycled: fresh pages fault */
+  j.xpad = j.partial ? df_buffer_get(work_bytes, false, &work_capacity) : NULL;
+  if (!j.partial || !j.xpad) {
+    df_free(j.partial);
+    return df_error(DF_ENOMEM, "conv2d: out of memory for the weight gradient's workspace");
+  }
+  j.dyt = j.xpad + group * j.c_pad * j.hp * j.wp;
   for (int64_t n0 = 0; n0 < g->n; n0 += group) {
     j.n0 = n0;
     j.images = g->n - n0 < group ? g->n - n0 : group;
-    df_parallel_for((j.o_tiles * j.c_tiles + DW_TILES_PER_TASK - 1) / DW_TILES_PER_TASK, dw_task, &j);
+    df_parallel_for(j.images * (j.c_pad + 1), dw_prep_task, &j);
+    df_parallel_for(j.o_tiles * j.c_tiles * j.rows, dw_task, &j);
   }
-  reduce_job r = {.partial = partial, .dw = dw, .count = count};
-  df_parallel_for(df_task_split(count, LANES, &r.per_task), reduce_task, &r);
-  df_free(partial);
-  df_free(m.in);
+  dw_out_job out = {.partial = j.partial, .dw = dw, .c = g->c, .o = g->o, .o_pad = j.o_pad, .taps = j.taps};
+  df_parallel_for(g->o, dw_out_task, &out);
+  df_free(j.partial);
+  df_buffer_put(j.xpad, work_capacity);
   return DF_OK;
 #else
   (void)g, (void)x, (void)dy, (void)dw;
