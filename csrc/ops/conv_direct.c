@@ -24,6 +24,7 @@
  * the thread count. */
 #include "conv_direct.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -279,44 +280,46 @@ df_status conv_direct_forward(const direct_geom *g, const float *x, const float 
  * zero-padded plane (C rounded up), so every tap is a plain offset. A tile
  * holds 2 vectors of 16 output channels x 12 (input channel, tap) pairs:
  * 4 channels x the 3 taps of one kernel row for 3x3, 12 channels for 1x1.
- * Per position: 2 vector loads of dy, 12 broadcasts of x, 24 FMAs; the sums
- * stay in registers over a group of images, then add into partial sums laid
- * out (C, taps, O) — each tile owns its entries, images go in order, so the
- * result does not depend on the thread count. */
+ * Per position: 2 vector loads of dy, 12 broadcasts of x, 24 FMAs.
+ * The batch is cut into chunks of images (by shape alone); a task takes one
+ * chunk whole — its copies, then every tile over it, the sums staying in
+ * registers — and writes the chunk's own partial sums (C, taps, O). The
+ * chunks' sums are added in chunk order at the end, so the result does not
+ * depend on the thread count, and no task waits for another. */
 
 #define DW_OUT 32                 /* output channels per tile: 2 vectors */
 #define DW_PAIRS 12               /* (input channel, tap) pairs per tile */
-#define DW_MIN_POSITIONS 4096     /* a group of images has at least this many positions */
-#define DW_GROUP_BYTES ((int64_t)8 << 20) /* ... and its copies stay about this small */
+#define DW_MIN_POSITIONS 4096     /* a chunk of images has at least this many positions ... */
+#define DW_CHUNK_BYTES ((int64_t)8 << 20) /* ... its copies stay about this small ... */
+#define DW_MIN_CHUNKS 8           /* ... and a batch that allows it has this many chunks */
 
 typedef struct {
   const direct_geom *g;
   const float *x, *dy;
-  float *xpad, *dyt;     /* the group's copies: (images, C_pad, hp, wp) and (images, L, O_pad) */
-  float *partial;        /* (C_pad, taps, O_pad) */
-  int64_t c_pad, o_pad, hp, wp, l, taps;
-  int64_t n0, images;    /* the group */
+  float *partial; /* (chunks, C_pad, taps, O_pad) */
+  int64_t c_pad, o_pad, hp, wp, l, taps, chunk, chunks;
   int64_t o_tiles, c_tiles, rows; /* tiles: o_tiles x c_tiles x rows (kernel rows, 1 for 1x1) */
+  size_t work_bytes;
+  atomic_int failed; /* a task's workspace could not be had */
 } dw_job;
 
-/* prepare image b of the group: task < images * c_pad pads one channel,
- * the rest transpose one image's dy */
-static void dw_prep_task(int64_t task, void *arg) {
-  const dw_job *j = arg;
+/* x's plane (n, c), or NULL for a padding channel */
+static const float *x_plane(const dw_job *j, int64_t n, int64_t c) {
+  return c < j->g->c ? j->x + (n * j->g->c + c) * j->g->h * j->g->w : NULL;
+}
+
+/* image n into the chunk's copies at slot b: x zero-padded (C_pad, hp, wp),
+ * dy transposed (L, O_pad) */
+static void dw_copy_image(const dw_job *j, int64_t n, int64_t b, float *xpad, float *dyt) {
   const direct_geom *g = j->g;
   int64_t plane = j->hp * j->wp;
-  if (task < j->images * j->c_pad) {
-    int64_t b = task / j->c_pad, c = task % j->c_pad;
-    float *dst = j->xpad + (b * j->c_pad + c) * plane;
-    if (c >= g->c) {
-      memset(dst, 0, sizeof(float) * (size_t)plane);
-      return;
-    }
-    const float *src = j->x + ((j->n0 + b) * g->c + c) * g->h * g->w;
+  for (int64_t c = 0; c < j->c_pad; c++) {
+    float *dst = xpad + (b * j->c_pad + c) * plane;
+    const float *src = x_plane(j, n, c);
     for (int64_t y = 0; y < j->hp; y++) {
       float *row = dst + y * j->wp;
       int64_t sy = y - g->ph;
-      if (sy < 0 || sy >= g->h) {
+      if (!src || sy < 0 || sy >= g->h) {
         memset(row, 0, sizeof(float) * (size_t)j->wp);
         continue;
       }
@@ -324,11 +327,9 @@ static void dw_prep_task(int64_t task, void *arg) {
       memcpy(row + g->pw, src + sy * g->w, sizeof(float) * (size_t)g->w);
       for (int64_t x = g->pw + g->w; x < j->wp; x++) row[x] = 0.0f;
     }
-    return;
   }
-  int64_t b = task - j->images * j->c_pad;
-  const float *src = j->dy + (j->n0 + b) * g->o * j->l;
-  float *dst = j->dyt + b * j->l * j->o_pad;
+  const float *src = j->dy + n * g->o * j->l;
+  float *dst = dyt + b * j->l * j->o_pad;
   for (int64_t p0 = 0; p0 < j->l; p0 += 16) /* 16 x 16 blocks: whole cache lines both ways */
     for (int64_t o0 = 0; o0 < j->o_pad; o0 += 16)
       for (int64_t p = p0; p < p0 + 16 && p < j->l; p++) {
@@ -347,25 +348,27 @@ static void dw_prep_task(int64_t task, void *arg) {
     s##i##k##_0 = _mm512_fmadd_ps(xv, d0, s##i##k##_0); \
     s##i##k##_1 = _mm512_fmadd_ps(xv, d1, s##i##k##_1); \
   }
-#define DWO_STORE(i, k) add_partial(j, c_of(j, c0, i, k), tap_of(j, ki, k), o0, s##i##k##_0, s##i##k##_1);
+#define DWO_STORE(i, k) put_partial(j, partial, c_of(j, c0, i, k), tap_of(j, ki, k), o0, s##i##k##_0, s##i##k##_1);
 
 /* the (channel, tap) of pair (i, k): 3x3 — channel c0 + i, tap (ki, k);
  * 1x1 — channel c0 + 3 i + k */
 static inline int64_t c_of(const dw_job *j, int64_t c0, int i, int k) { return j->taps == 9 ? c0 + i : c0 + 3 * i + k; }
 static inline int64_t tap_of(const dw_job *j, int64_t ki, int k) { return j->taps == 9 ? ki * 3 + k : 0; }
 
-__attribute__((target("avx512f"), always_inline)) static inline void add_partial(const dw_job *j, int64_t c, int64_t t,
-                                                                                 int64_t o0, __m512 lo, __m512 hi) {
+__attribute__((target("avx512f"), always_inline)) static inline void put_partial(const dw_job *j, float *partial,
+                                                                                 int64_t c, int64_t t, int64_t o0,
+                                                                                 __m512 lo, __m512 hi) {
   if (c >= j->g->c) return; /* a padding channel */
-  float *p = j->partial + (c * j->taps + t) * j->o_pad + o0;
-  _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), lo));
-  _mm512_storeu_ps(p + 16, _mm512_add_ps(_mm512_loadu_ps(p + 16), hi));
+  float *p = partial + (c * j->taps + t) * j->o_pad + o0;
+  _mm512_storeu_ps(p, lo);
+  _mm512_storeu_ps(p + 16, hi);
 }
 
-__attribute__((target("avx512f"))) static void dw_task(int64_t task, void *arg) {
-  const dw_job *j = arg;
+/* one tile over the chunk's `images` copied images, into the chunk's partial sums */
+__attribute__((target("avx512f"))) static void dw_tile(const dw_job *j, const float *xpad, const float *dyt,
+                                                       int64_t images, float *partial, int64_t tile) {
   const direct_geom *g = j->g;
-  int64_t ot = task / (j->c_tiles * j->rows), rest = task % (j->c_tiles * j->rows);
+  int64_t ot = tile / (j->c_tiles * j->rows), rest = tile % (j->c_tiles * j->rows);
   int64_t ct = rest / j->rows, ki = rest % j->rows;
   int64_t o0 = ot * DW_OUT, c0 = ct * (j->taps == 9 ? 4 : DW_PAIRS), plane = j->hp * j->wp;
   /* pair (i, k) reads xr_i[pos + jo_k]: 3x3 — row base of channel c0 + i at kernel row ki, jo = kj;
@@ -373,10 +376,10 @@ __attribute__((target("avx512f"))) static void dw_task(int64_t task, void *arg) 
   int64_t jo0 = 0, jo1 = j->taps == 9 ? 1 : plane, jo2 = j->taps == 9 ? 2 : 2 * plane;
   int64_t stride_i = j->taps == 9 ? plane : 3 * plane;
   PAIRS(DWO_DECL)
-  for (int64_t b = 0; b < j->images; b++) {
-    const float *xb = j->xpad + (b * j->c_pad + c0) * plane + ki * j->wp;
+  for (int64_t b = 0; b < images; b++) {
+    const float *xb = xpad + (b * j->c_pad + c0) * plane + ki * j->wp;
     const float *xr0 = xb, *xr1 = xb + stride_i, *xr2 = xb + 2 * stride_i, *xr3 = xb + 3 * stride_i;
-    const float *d = j->dyt + b * j->l * j->o_pad + o0;
+    const float *d = dyt + b * j->l * j->o_pad + o0;
     for (int64_t y = 0; y < g->oh; y++)
       for (int64_t x = 0; x < g->ow; x++, d += j->o_pad) {
         int64_t pos = y * j->wp + x;
@@ -387,19 +390,41 @@ __attribute__((target("avx512f"))) static void dw_task(int64_t task, void *arg) 
   PAIRS(DWO_STORE)
 }
 
+static void dw_chunk_task(int64_t chunk, void *arg) {
+  dw_job *j = arg;
+  int64_t n0 = chunk * j->chunk, images = j->g->n - n0 < j->chunk ? j->g->n - n0 : j->chunk;
+  size_t capacity;
+  float *xpad = df_buffer_get(j->work_bytes, false, &capacity); /* recycled: fresh pages fault */
+  if (!xpad) {
+    atomic_store(&j->failed, 1);
+    return;
+  }
+  float *dyt = xpad + j->chunk * j->c_pad * j->hp * j->wp;
+  for (int64_t b = 0; b < images; b++) dw_copy_image(j, n0 + b, b, xpad, dyt);
+  float *partial = j->partial + chunk * j->c_pad * j->taps * j->o_pad;
+  for (int64_t tile = 0; tile < j->o_tiles * j->c_tiles * j->rows; tile++) dw_tile(j, xpad, dyt, images, partial, tile);
+  df_buffer_put(xpad, capacity);
+}
+
 #endif /* DIRECT_X86 */
 
 typedef struct {
   const float *partial;
   float *dw;
-  int64_t c, o, o_pad, taps;
+  int64_t c, o, o_pad, taps, chunks, chunk_floats;
 } dw_out_job;
 
-/* dw (O, C, taps) from the partial sums (C_pad, taps, O_pad), one output channel per task */
+/* dw (O, C, taps) = the chunks' partial sums (C_pad, taps, O_pad) added in
+ * chunk order, one output channel per task */
 static void dw_out_task(int64_t o, void *arg) {
   const dw_out_job *j = arg;
   for (int64_t c = 0; c < j->c; c++)
-    for (int64_t t = 0; t < j->taps; t++) j->dw[(o * j->c + c) * j->taps + t] = j->partial[(c * j->taps + t) * j->o_pad + o];
+    for (int64_t t = 0; t < j->taps; t++) {
+      const float *p = j->partial + (c * j->taps + t) * j->o_pad + o;
+      float sum = p[0];
+      for (int64_t k = 1; k < j->chunks; k++) sum += p[k * j->chunk_floats];
+      j->dw[(o * j->c + c) * j->taps + t] = sum;
+    }
 }
 
 df_status conv_direct_grad_weight(const direct_geom *g, const float *x, const float *dy, float *dw) {
@@ -414,31 +439,29 @@ df_status conv_direct_grad_weight(const direct_geom *g, const float *x, const fl
   j.o_tiles = j.o_pad / DW_OUT;
   j.c_tiles = j.c_pad / c_block;
   j.rows = three ? 3 : 1;
-  /* images per group: enough positions to keep a tile busy, copies about L2-sized */
+  /* images per chunk: enough positions to keep a tile busy, copies about L2-sized, enough chunks for the threads */
   int64_t per_image = (j.c_pad * j.hp * j.wp + j.l * j.o_pad) * (int64_t)sizeof(float);
-  int64_t group = (DW_MIN_POSITIONS + j.l - 1) / j.l;
-  if (group * per_image > DW_GROUP_BYTES) group = DW_GROUP_BYTES / per_image;
-  if (group < 1) group = 1;
-  if (group > g->n) group = g->n;
-  size_t partial_n = (size_t)(j.c_pad * j.taps * j.o_pad);
-  j.partial = df_calloc(partial_n, sizeof(float));
-  size_t work_bytes = (size_t)(group * per_image), work_capacity = 0; /* recycled: fresh pages fault */
-  j.xpad = j.partial ? df_buffer_get(work_bytes, false, &work_capacity) : NULL;
-  if (!j.partial || !j.xpad) {
-    df_free(j.partial);
+  int64_t chunk = (DW_MIN_POSITIONS + j.l - 1) / j.l;
+  if (chunk * per_image > DW_CHUNK_BYTES) chunk = DW_CHUNK_BYTES / per_image;
+  if (chunk > g->n / DW_MIN_CHUNKS) chunk = g->n / DW_MIN_CHUNKS;
+  if (chunk < 1) chunk = 1;
+  j.chunk = chunk;
+  j.chunks = (g->n + chunk - 1) / chunk;
+  j.work_bytes = (size_t)(chunk * per_image);
+  int64_t chunk_floats = j.c_pad * j.taps * j.o_pad;
+  size_t partial_bytes = sizeof(float) * (size_t)(j.chunks * chunk_floats), partial_capacity;
+  j.partial = df_buffer_get(partial_bytes, false, &partial_capacity);
+  if (!j.partial) return df_error(DF_ENOMEM, "conv2d: out of memory for the weight gradient's partial sums");
+  atomic_init(&j.failed, 0);
+  df_parallel_for(j.chunks, dw_chunk_task, &j);
+  if (atomic_load(&j.failed)) {
+    df_buffer_put(j.partial, partial_capacity);
     return df_error(DF_ENOMEM, "conv2d: out of memory for the weight gradient's workspace");
   }
-  j.dyt = j.xpad + group * j.c_pad * j.hp * j.wp;
-  for (int64_t n0 = 0; n0 < g->n; n0 += group) {
-    j.n0 = n0;
-    j.images = g->n - n0 < group ? g->n - n0 : group;
-    df_parallel_for(j.images * (j.c_pad + 1), dw_prep_task, &j);
-    df_parallel_for(j.o_tiles * j.c_tiles * j.rows, dw_task, &j);
-  }
-  dw_out_job out = {.partial = j.partial, .dw = dw, .c = g->c, .o = g->o, .o_pad = j.o_pad, .taps = j.taps};
+  dw_out_job out = {.partial = j.partial, .dw = dw, .c = g->c, .o = g->o, .o_pad = j.o_pad, .taps = j.taps,
+                    .chunks = j.chunks, .chunk_floats = chunk_floats};
   df_parallel_for(g->o, dw_out_task, &out);
-  df_free(j.partial);
-  df_buffer_put(j.xpad, work_capacity);
+  df_buffer_put(j.partial, partial_capacity);
   return DF_OK;
 #else
   (void)g, (void)x, (void)dy, (void)dw;
