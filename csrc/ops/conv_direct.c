@@ -409,22 +409,22 @@ static void dw_chunk_task(int64_t chunk, void *arg) {
 #endif /* DIRECT_X86 */
 
 typedef struct {
-  const float *partial;
+  float *partial; /* chunk 0's rows become the totals */
   float *dw;
   int64_t c, o, o_pad, taps, chunks, chunk_floats;
 } dw_out_job;
 
 /* dw (O, C, taps) = the chunks' partial sums (C_pad, taps, O_pad) added in
- * chunk order, one output channel per task */
-static void dw_out_task(int64_t o, void *arg) {
+ * chunk order: one (channel, tap) row of O_pad sums per task, added up
+ * contiguously in chunk 0's row, then written out across dw */
+static void dw_out_task(int64_t row, void *arg) {
   const dw_out_job *j = arg;
-  for (int64_t c = 0; c < j->c; c++)
-    for (int64_t t = 0; t < j->taps; t++) {
-      const float *p = j->partial + (c * j->taps + t) * j->o_pad + o;
-      float sum = p[0];
-      for (int64_t k = 1; k < j->chunks; k++) sum += p[k * j->chunk_floats];
-      j->dw[(o * j->c + c) * j->taps + t] = sum;
-    }
+  float *sum = j->partial + row * j->o_pad;
+  for (int64_t k = 1; k < j->chunks; k++) {
+    const float *p = j->partial + k * j->chunk_floats + row * j->o_pad;
+    for (int64_t o = 0; o < j->o; o++) sum[o] += p[o];
+  }
+  for (int64_t o = 0; o < j->o; o++) j->dw[o * j->c * j->taps + row] = sum[o];
 }
 
 df_status conv_direct_grad_weight(const direct_geom *g, const float *x, const float *dy, float *dw) {
@@ -460,7 +460,7 @@ df_status conv_direct_grad_weight(const direct_geom *g, const float *x, const fl
   }
   dw_out_job out = {.partial = j.partial, .dw = dw, .c = g->c, .o = g->o, .o_pad = j.o_pad, .taps = j.taps,
                     .chunks = j.chunks, .chunk_floats = chunk_floats};
-  df_parallel_for(g->o, dw_out_task, &out);
+  df_parallel_for(g->c * j.taps, dw_out_task, &out); /* rows (c, t) of the real channels */
   df_buffer_put(j.partial, partial_capacity);
   return DF_OK;
 #else
