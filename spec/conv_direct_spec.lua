@@ -36,22 +36,23 @@ end
 
 local gen = D.Generator(11)
 
--- { N, C, H, W, O, k, padding }
+-- { N, C, H, W, O, k, padding }: 8 or more channels in and out (fewer take im2col + GEMM)
 local SHAPES = {
-  { 2, 3, 32, 32, 8, 3, 1 },  -- the U-Net's first level shape, small
-  { 3, 5, 8, 8, 7, 3, 1 },    -- packed 8x8 plane, partial output block
-  { 2, 9, 4, 4, 12, 3, 1 },   -- packed 4x4
-  { 2, 4, 2, 2, 3, 3, 1 },    -- packed 2x2
-  { 3, 6, 1, 1, 5, 3, 1 },    -- packed 1x1: every tap but the centre is padding
-  { 2, 4, 5, 7, 3, 3, 0 },    -- no padding: the output is smaller
-  { 2, 4, 20, 33, 9, 3, 2 },  -- padding 2 and a row of 33: three vectors, the last one live lane
-  { 1, 3, 17, 16, 17, 3, 1 }, -- 16 exactly, odd height
-  { 2, 2, 6, 40, 4, 3, 1 },   -- 40: 16 + 16 + 8
-  { 2, 6, 17, 19, 10, 1, 0 }, -- 1x1 on a ragged plane
-  { 1, 33, 8, 8, 96, 1, 0 },  -- 1x1, packed, input channels leave a partial block of 4
-  { 4, 64, 8, 8, 1, 3, 1 },   -- one output channel (the U-Net's last conv)
+  { 2, 8, 32, 32, 9, 3, 1 },   -- a U-Net's first level, small
+  { 3, 9, 8, 8, 13, 3, 1 },    -- packed 8x8 plane, partial output blocks
+  { 2, 9, 4, 4, 12, 3, 1 },    -- packed 4x4
+  { 2, 8, 2, 2, 10, 3, 1 },    -- packed 2x2
+  { 3, 8, 1, 1, 11, 3, 1 },    -- packed 1x1: every tap but the centre is padding
+  { 2, 8, 5, 7, 9, 3, 0 },     -- no padding: the output is smaller
+  { 2, 8, 20, 33, 9, 3, 2 },   -- padding 2 and a row of 33: three vectors, the last one live lane
+  { 1, 8, 17, 16, 17, 3, 1 },  -- 16 exactly, odd height
+  { 2, 8, 6, 40, 12, 3, 1 },   -- 40: 16 + 16 + 8
+  { 2, 10, 17, 19, 10, 1, 0 }, -- 1x1 on a ragged plane
+  { 1, 33, 8, 8, 96, 1, 0 },   -- 1x1, packed, input channels leave a partial block
   { 2, 32, 16, 16, 64, 3, 1 },
-  { 2, 7, 3, 12, 6, 3, 2 },   -- 12 wide: not packed (16 % 12 ~= 0)
+  { 2, 9, 3, 12, 8, 3, 2 },    -- 12 wide: not packed (16 % 12 ~= 0)
+  { 2, 40, 9, 9, 36, 3, 1 },   -- 40 input channels: several input-channel blocks of 16
+  { 2, 150, 4, 4, 8, 1, 0 },   -- 1x1 with 150 inputs: more than one block of 144
 }
 
 describe("conv2d direct kernels", function()
@@ -98,9 +99,9 @@ describe("conv2d direct kernels", function()
   end)
 
   it("read a non-contiguous input and weight", function()
-    local x0 = D.randn({ 2, 3, 10, 9 }, gen):transpose(3, 4) -- (2, 3, 9, 10), strided
-    local w0 = D.randn({ 3, 4, 3, 3 }, gen):transpose(1, 2)  -- (4, 3, 3, 3), strided
-    local gy = D.randn({ 2, 4, 9, 10 }, gen)
+    local x0 = D.randn({ 2, 8, 10, 9 }, gen):transpose(3, 4) -- (2, 8, 9, 10), strided
+    local w0 = D.randn({ 8, 9, 3, 3 }, gen):transpose(1, 2)  -- (9, 8, 3, 3), strided
+    local gy = D.randn({ 2, 9, 9, 10 }, gen)
     local a = run(x0, w0, nil, gy, { padding = 1 }, true)
     local e = run(x0:contiguous(), w0:contiguous(), nil, gy, { padding = 1 }, false)
     assert_near(a.y, e.y, "y")
@@ -109,7 +110,7 @@ describe("conv2d direct kernels", function()
   end)
 
   it("pass a gradient check for x, w and b (3x3 packed and row planes, 1x1)", function()
-    for _, s in ipairs { { 2, 3, 8, 8, 5, 3, 1 }, { 1, 2, 5, 18, 3, 3, 1 }, { 2, 5, 4, 4, 6, 1, 0 } } do
+    for _, s in ipairs { { 1, 8, 4, 4, 8, 3, 1 }, { 1, 8, 3, 18, 8, 3, 1 }, { 2, 8, 4, 4, 9, 1, 0 } } do
       local n, c, h, w, o, k, p = table.unpack(s)
       local x, wt, b = D.randn({ n, c, h, w }, gen), D.randn({ o, c, k, k }, gen) * 0.5, D.randn({ o }, gen)
       local ok, report = D.gradcheck(function(xi, wi, bi) return D.conv2d(xi, wi, bi, { padding = p }) end, { x, wt, b },
@@ -118,14 +119,22 @@ describe("conv2d direct kernels", function()
     end
   end)
 
-  it("leave the GEMM path on for strided, dilated and grouped convolutions", function()
+  it("leave the GEMM path on for strided, dilated and grouped convolutions and for one channel in or out", function()
     -- these shapes never take the direct kernels; both switches give the same bits
-    local x0, gy = D.randn({ 2, 4, 9, 9 }, gen), nil
+    local x0, gy = D.randn({ 2, 8, 9, 9 }, gen), nil
     for _, opts in ipairs { { stride = 2, padding = 1 }, { dilation = 2, padding = 2 }, { groups = 2, padding = 1 } } do
-      local w0 = D.randn({ 6, 4 // (opts.groups or 1), 3, 3 }, gen)
+      local w0 = D.randn({ 8, 8 // (opts.groups or 1), 3, 3 }, gen)
       local y = D.conv2d(x0, w0, nil, opts)
       gy = D.randn(y:shape(), gen)
       local a, e = run(x0, w0, nil, gy, opts, true), run(x0, w0, nil, gy, opts, false)
+      for _, key in ipairs { "y", "dx", "dw" } do H.assert_identical(a[key], e[key], key) end
+    end
+    for _, shapes in ipairs { { { 2, 1, 9, 9 }, { 8, 1, 3, 3 } }, { { 2, 8, 9, 9 }, { 1, 8, 3, 3 } } } do
+      local x1, w1 = D.randn(shapes[1], gen), D.randn(shapes[2], gen)
+      local opts = { padding = 1 }
+      local y = D.conv2d(x1, w1, nil, opts)
+      gy = D.randn(y:shape(), gen)
+      local a, e = run(x1, w1, nil, gy, opts, true), run(x1, w1, nil, gy, opts, false)
       for _, key in ipairs { "y", "dx", "dw" } do H.assert_identical(a[key], e[key], key) end
     end
   end)

@@ -257,7 +257,7 @@ static direct_geom direct_of(const conv_geom *g) {
 static bool use_direct(const conv_geom *g) {
   int stride[2] = {(int)g->sh, (int)g->sw}, padding[2] = {(int)g->ph, (int)g->pw}, dilation[2] = {(int)g->dh, (int)g->dw};
   return g->n > 0 && g->k > 0 && g->og > 0 &&
-         conv_direct_applies(g->kh, g->kw, stride, padding, dilation, (int)g->groups);
+         conv_direct_applies(g->c, g->o, g->kh, g->kw, stride, padding, dilation, (int)g->groups);
 }
 
 /* ---- forward ------------------------------------------------------------- */

@@ -35,8 +35,9 @@
 #define LANES 16
 #define OUT_BLOCK 8  /* output channels per forward tile */
 #define VEC_BLOCK 3  /* vectors per forward tile */
+#define MIN_CHANNELS 8 /* input and output channels the direct kernels want at least */
 #ifndef IN_BLOCK
-#define IN_BLOCK 16  /* input channels per forward pass over the plane */
+#define IN_BLOCK 144 /* (input channel, tap) pairs per forward pass over the plane: 16 channels of 3x3 */
 #endif
 #define MAX_TAPS 9
 
@@ -62,9 +63,13 @@ static bool cpu_has_avx512(void) {
 #endif
 }
 
-bool conv_direct_applies(int64_t kh, int64_t kw, const int stride[2], const int padding[2], const int dilation[2],
-                         int groups) {
+bool conv_direct_applies(int64_t c, int64_t o, int64_t kh, int64_t kw, const int stride[2], const int padding[2],
+                         const int dilation[2], int groups) {
   if (!direct_mode || !cpu_has_avx512()) return false;
+  /* a U-Net's first and last convolutions (1 channel in or out) would fill
+   * a block of 8 (forward) or 32 (weight gradient) channels with one:
+   * im2col + GEMM does those better */
+  if (c < MIN_CHANNELS || o < MIN_CHANNELS) return false;
   if (stride[0] != 1 || stride[1] != 1 || dilation[0] != 1 || dilation[1] != 1 || groups != 1) return false;
   if (!((kh == 1 && kw == 1) || (kh == 3 && kw == 3))) return false;
   return padding[0] >= 0 && padding[0] <= kh - 1 && padding[1] >= 0 && padding[1] <= kw - 1;
@@ -212,11 +217,13 @@ __attribute__((target("avx512f"))) static void fwd_task(int64_t task, void *arg)
   int64_t live_o = j->o - ob * OUT_BLOCK < OUT_BLOCK ? j->o - ob * OUT_BLOCK : OUT_BLOCK;
   /* blocks of input channels: a block's weights and input rows stay in L1
    * while the tiles sweep the plane; the sums carry over in y */
-  for (int64_t c0 = 0; c0 < j->c; c0 += IN_BLOCK) {
-    int64_t c1 = c0 + IN_BLOCK < j->c ? c0 + IN_BLOCK : j->c, v = v_lo;
-    for (; v + VEC_BLOCK <= v_hi; v += VEC_BLOCK) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, VEC_BLOCK);
-    if (v_hi - v == 2) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, 2);
-    else if (v_hi - v == 1) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, 1);
+  int64_t block = IN_BLOCK / m->taps;
+  for (int64_t c0 = 0; c0 < j->c; c0 += block) {
+    int64_t c1 = c0 + block < j->c ? c0 + block : j->c, v = v_lo;
+    /* tiles of 3 vectors; the last 4 as 2 + 2 (an 8x8 plane is 4), not 3 + 1 */
+    for (; v + VEC_BLOCK <= v_hi && v_hi - v != 4; v += VEC_BLOCK) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, VEC_BLOCK);
+    for (; v + 2 <= v_hi; v += 2) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, 2);
+    if (v < v_hi) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, 1);
   }
 }
 

@@ -1,6 +1,7 @@
 /* conv_direct.h — direct convolution kernels (ops/conv_direct.c) for the
  * convolutions a U-Net uses: stride 1, dilation 1, one group, 1x1 or 3x3,
- * padding 0 .. k - 1, float NCHW, on CPUs with AVX-512. conv.c picks them
+ * padding 0 .. k - 1, 8 or more channels in and out, float NCHW, on CPUs
+ * with AVX-512. conv.c picks them
  * where conv_direct_applies() says so and keeps im2col + GEMM for the rest. */
 #ifndef DF_CONV_DIRECT_H
 #define DF_CONV_DIRECT_H
@@ -17,10 +18,11 @@ typedef struct {
   int64_t oh, ow;     /* output plane: h + 2 ph - kh + 1, w + 2 pw - kw + 1 */
 } direct_geom;
 
-/* Whether the direct kernels run this convolution (the CPU has AVX-512F,
- * the shape is one of theirs, and df_debug_conv_direct has not turned them off). */
-bool conv_direct_applies(int64_t kh, int64_t kw, const int stride[2], const int padding[2], const int dilation[2],
-                         int groups);
+/* Whether the direct kernels run this convolution, c input and o output
+ * channels (the CPU has AVX-512F, the shape is one of theirs, and
+ * df_debug_conv_direct has not turned them off). */
+bool conv_direct_applies(int64_t c, int64_t o, int64_t kh, int64_t kw, const int stride[2], const int padding[2],
+                         const int dilation[2], int groups);
 
 /* y (N, O, oh, ow) = conv(x, w) + bias (bias may be NULL). When
  * flip_transpose is set, w is read as the (C, O, kh, kw) weight of the
