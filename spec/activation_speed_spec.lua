@@ -13,25 +13,7 @@ local INF, NAN = math.huge, 0 / 0
 local ULPS = 4          -- the bound on the error in float ulps
 local ABS_NEAR_ZERO = 1e-7 -- where a gradient cancels (see below): the bound on the absolute error
 
--- Runs a chunk in a child Lua with this one's module paths and the given
--- environment prefix (DIFFUSION_SIMD=...), and returns its output.
-local function run_child(env, code)
-  local interpreter, i = "lua5.4", -1
-  while arg and arg[i] do
-    interpreter = arg[i]
-    i = i - 1
-  end
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath), code)
-  f:close()
-  local pipe = assert(io.popen(("%s %s %s 2>&1"):format(env, interpreter, path)))
-  local out = pipe:read("a")
-  local ok = pipe:close()
-  os.remove(path)
-  assert(ok, out)
-  return out
-end
+local run_child = H.run_child
 
 -- The accuracy bounds every SIMD form must meet, from A.measure's results.
 local function assert_accurate(results, form)

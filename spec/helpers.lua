@@ -163,6 +163,27 @@ function H.values(x)
   return x:flatten():totable()
 end
 
+--- H.run_child(env, code) -> the output of a Lua chunk run in a child
+-- interpreter with this one's module paths, under an environment prefix
+-- (e.g. "DIFFUSION_SIMD=scalar"); fails with that output if the child fails.
+function H.run_child(env, code)
+  local interpreter, i = "lua5.4", -1
+  while arg and arg[i] do
+    interpreter = arg[i]
+    i = i - 1
+  end
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath), code)
+  f:close()
+  local pipe = assert(io.popen(("%s %s %s 2>&1"):format(env, interpreter, path)))
+  local out = pipe:read("a")
+  local ok = pipe:close()
+  os.remove(path)
+  assert(ok, out)
+  return out
+end
+
 --- threads and memory -------------------------------------------------------
 
 --- H.with_threads(n, fn) -> fn's results, run at n threads; the previous

@@ -24,6 +24,8 @@
  * the thread count. */
 #include "conv_direct.h"
 
+#include "../core/vmath.h"
+
 #include <stdatomic.h>
 #include <string.h>
 
@@ -39,28 +41,15 @@
 #ifndef IN_BLOCK
 #define IN_BLOCK 144 /* (input channel, tap) pairs per forward pass over the plane: 16 channels of 3x3 */
 #endif
-#define MAX_TAPS 9
 
 static int direct_mode = 1; /* 1: where it applies, 0: never (tests compare both paths) */
 
-static bool cpu_has_avx512(void);
+/* AVX-512F on this CPU, unless DIFFUSION_SIMD narrows the vector code (core/vmath.h) */
+static bool cpu_has_avx512(void) { return df_vmath_level_get() == DF_VMATH_AVX512; }
 
 bool df_debug_conv_direct(bool on) {
   direct_mode = on ? 1 : 0;
   return cpu_has_avx512();
-}
-
-static bool cpu_has_avx512(void) {
-#ifdef DIRECT_X86
-  static int cached = -1;
-  if (cached < 0) {
-    __builtin_cpu_init();
-    cached = __builtin_cpu_supports("avx512f") ? 1 : 0;
-  }
-  return cached == 1;
-#else
-  return false;
-#endif
 }
 
 bool conv_direct_applies(int64_t c, int64_t o, int64_t kh, int64_t kw, const int stride[2], const int padding[2],
