@@ -291,6 +291,11 @@ df_status df_upsample_nearest2d(df_tensor **out, const df_tensor *x, const int s
 /* x (N, C, ...) normalised over each of `groups` channel groups; w, b (C) or NULL */
 df_status df_group_norm(df_tensor **out, const df_tensor *x, int groups, const df_tensor *w, const df_tensor *b,
                         float eps);
+/* silu(group_norm(x)) in one pass, bitwise the pair's result; it keeps
+ * only x, b and the per-group statistics for backward (which recomputes the
+ * rest), not the pair's two full-size tensors. Arguments as group_norm. */
+df_status df_group_norm_silu(df_tensor **out, const df_tensor *x, int groups, const df_tensor *w, const df_tensor *b,
+                             float eps);
 /* x normalised over its last `nlast` dims; w, b of those dims' shape or NULL */
 df_status df_layer_norm(df_tensor **out, const df_tensor *x, int nlast, const df_tensor *w, const df_tensor *b,
                         float eps);
@@ -301,7 +306,9 @@ df_status df_log_softmax(df_tensor **out, const df_tensor *x, int dim);
  * scale <= 0 means 1 / sqrt(d). */
 df_status df_scaled_dot_product_attention(df_tensor **out, const df_tensor *q, const df_tensor *k, const df_tensor *v,
                                           const df_tensor *mask, float scale);
-/* zeroes elements with probability p and scales the rest by 1 / (1 - p); identity when !train */
+/* zeroes elements with probability p and scales the rest by 1 / (1 - p); identity when !train.
+ * g NULL: the default generator. Backward redraws the mask from g's (seed, offset) as they were,
+ * so no mask is kept. */
 df_status df_dropout(df_tensor **out, const df_tensor *x, float p, bool train, df_generator *g);
 /* indices (any shape, 0-based integer values), weight (num, dim) -> (..., dim) */
 df_status df_embedding(df_tensor **out, const df_tensor *indices, const df_tensor *weight);

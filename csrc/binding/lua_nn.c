@@ -2,6 +2,7 @@
  * each as D.name(x, ...) and x:name(...):
  *   D.linear(x, w [, b])
  *   D.group_norm(x, groups [, w [, b [, eps = 1e-5]]])
+ *   D.group_norm_silu(x, groups [, w [, b [, eps = 1e-5]]])          silu(group_norm(...)), fused
  *   D.layer_norm(x, normalized_shape [, w [, b [, eps = 1e-5]]])   normalized_shape: {C} or {H, W} or C
  *   D.softmax(x, dim), D.log_softmax(x, dim)
  *   D.scaled_dot_product_attention(q, k, v [, mask [, scale]])
@@ -33,6 +34,16 @@ static int l_group_norm(lua_State *L) {
   if (groups < INT32_MIN || groups > INT32_MAX) luaL_argerror(L, 2, "groups out of range");
   df_tensor **slot = new_slot(L);
   return result(L, df_group_norm(slot, x, (int)groups, w, b, eps));
+}
+
+static int l_group_norm_silu(lua_State *L) {
+  df_tensor *x = check_tensor(L, 1);
+  lua_Integer groups = luaL_checkinteger(L, 2);
+  df_tensor *w = opt_tensor(L, 3), *b = opt_tensor(L, 4);
+  float eps = opt_eps(L, 5);
+  if (groups < INT32_MIN || groups > INT32_MAX) luaL_argerror(L, 2, "groups out of range");
+  df_tensor **slot = new_slot(L);
+  return result(L, df_group_norm_silu(slot, x, (int)groups, w, b, eps));
 }
 
 /* normalized_shape: an integer or a table of them, equal to x's trailing dims */
@@ -137,6 +148,7 @@ static int l_timestep_embedding(lua_State *L) {
 static const luaL_Reg functions[] = {
     {"linear", l_linear},
     {"group_norm", l_group_norm},
+    {"group_norm_silu", l_group_norm_silu},
     {"layer_norm", l_layer_norm},
     {"softmax", l_softmax},
     {"log_softmax", l_log_softmax},

@@ -306,13 +306,9 @@ typedef struct {
     cur_ = next_;             \
   } while (0)
 
+/* fused: keeps only x and the group statistics for backward */
 static df_status gn_silu(const affine_t *n, int groups, const df_tensor *x, df_tensor **out) {
-  df_tensor *h;
-  df_status st = df_group_norm(&h, x, groups, n->w, n->b, 1e-5f);
-  if (st) return st;
-  st = df_unary(DF_SILU, out, h);
-  df_tensor_release(h);
-  return st;
+  return df_group_norm_silu(out, x, groups, n->w, n->b, 1e-5f);
 }
 
 static df_status conv3(const affine_t *c, const df_tensor *x, int stride, int pad, df_tensor **out) {

@@ -18,6 +18,7 @@
 #include "../core/iter.h"
 #include "../core/vmath.h"
 #include "../df.h"
+#include "activation.h"
 
 const char *const df_unary_names[DF_UNARY_COUNT] = {
     "neg", "abs", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "relu", "silu", "gelu",
@@ -174,14 +175,21 @@ static const map_forms sigmoid_forms = FORMS(sigmoid);
 static const map_forms silu_forms = FORMS(silu);
 static const map_forms silu_grad_forms = FORMS(silu_grad);
 
+static map_fn pick(const map_forms *forms) {
+  map_fn f = forms->form[df_vmath_level_get()];
+  return f ? f : forms->form[DF_VMATH_SCALAR];
+}
+
+void df_silu_map(int64_t n, float *o, const float *x) { pick(&silu_forms)(n, o, x, NULL); }
+void df_silu_grad_map(int64_t n, float *o, const float *g, const float *x) { pick(&silu_grad_forms)(n, o, g, x); }
+
 #define GATHER_BLOCK 256
 
 /* Runs a map as a df_iter kernel over operands (o, a) or (o, a, b, ...):
  * contiguous runs go straight to it, strided ones through blocks gathered
  * on the stack. */
 static void run_map(const map_forms *forms, bool grad, int64_t n, float *const *p, const int64_t *s) {
-  map_fn f = forms->form[df_vmath_level_get()];
-  if (!f) f = forms->form[DF_VMATH_SCALAR];
+  map_fn f = pick(forms);
   if (s[0] == 1 && s[1] == 1 && (!grad || s[2] == 1)) {
     f(n, p[0], p[1], grad ? p[2] : NULL);
     return;
@@ -480,12 +488,18 @@ static df_status binary_grad(df_binary_op op, int which, const df_tensor *g, con
 
 static bool is_differentiable(df_binary_op op) { return op <= DF_MINIMUM; }
 
-/* saved[0] = a, saved[1] = b; iarg[0] = op */
+/* add and sub never read their operands' values for the gradient, so they
+ * save nothing (a U-Net's residual adds would keep two activations each) */
+static bool grad_reads_operands(df_binary_op op) { return op != DF_ADD && op != DF_SUB; }
+
+/* saved[0] = a, saved[1] = b (when the gradient reads them, else g stands
+ * in); iarg[0] = op */
 static df_status bw_binary(df_node *n, const df_tensor *g, df_tensor **gi) {
   df_binary_op op = (df_binary_op)n->iarg[0];
+  const df_tensor *a = n->saved[0] ? n->saved[0] : g, *b = n->saved[1] ? n->saved[1] : g;
   df_status st = DF_OK;
   for (int which = 0; which < 2 && !st; which++)
-    if (df_node_needs_grad(n, which)) st = binary_grad(op, which, g, n->saved[0], n->saved[1], &gi[which]);
+    if (df_node_needs_grad(n, which)) st = binary_grad(op, which, g, a, b, &gi[which]);
   return st;
 }
 
@@ -499,7 +513,7 @@ df_status df_binary(df_binary_op op, df_tensor **out, const df_tensor *a, const 
   const df_tensor *in[2] = {a, b};
   df_node *node;
   if ((st = df_autograd_record(r, df_binary_names[op], bw_binary, 2, in, &node)) ||
-      (node && ((st = df_node_save(node, 0, a)) || (st = df_node_save(node, 1, b))))) {
+      (node && grad_reads_operands(op) && ((st = df_node_save(node, 0, a)) || (st = df_node_save(node, 1, b))))) {
     df_tensor_release(r);
     return st;
   }
@@ -560,12 +574,13 @@ static const df_tensor *scalar_init(scalar_tensor *s, float v) {
   return &s->tensor;
 }
 
-/* scalar[0] = the number, iarg[0] = op, iarg[1] = scalar_first; saved[0] = a */
+/* scalar[0] = the number, iarg[0] = op, iarg[1] = scalar_first; saved[0] = a
+ * (when the gradient reads it, else g stands in) */
 static df_status bw_binary_scalar(df_node *n, const df_tensor *g, df_tensor **gi) {
   scalar_tensor tmp;
-  const df_tensor *s = scalar_init(&tmp, (float)n->scalar[0]);
+  const df_tensor *s = scalar_init(&tmp, (float)n->scalar[0]), *a = n->saved[0] ? n->saved[0] : g;
   bool first = n->iarg[1];
-  return binary_grad((df_binary_op)n->iarg[0], first ? 1 : 0, g, first ? s : n->saved[0], first ? n->saved[0] : s, &gi[0]);
+  return binary_grad((df_binary_op)n->iarg[0], first ? 1 : 0, g, first ? s : a, first ? a : s, &gi[0]);
 }
 
 df_status df_binary_scalar(df_binary_op op, df_tensor **out, const df_tensor *a, float s, bool scalar_first) {
@@ -579,7 +594,7 @@ df_status df_binary_scalar(df_binary_op op, df_tensor **out, const df_tensor *a,
   }
   df_node *node;
   if ((st = df_autograd_record(r, df_binary_names[op], bw_binary_scalar, 1, &a, &node)) ||
-      (node && (st = df_node_save(node, 0, a)))) {
+      (node && grad_reads_operands(op) && (st = df_node_save(node, 0, a)))) {
     df_tensor_release(r);
     return st;
   }

@@ -1,7 +1,7 @@
 /* nn.c — the neural-network layers that are not convolutions: linear,
- * group_norm, layer_norm, softmax, log_softmax, dropout, embedding and the
- * sinusoidal timestep embedding. Each op's forward and backward sit side by
- * side.
+ * group_norm (and group_norm_silu, the two fused), layer_norm, softmax,
+ * log_softmax, dropout, embedding and the sinusoidal timestep embedding.
+ * Each op's forward and backward sit side by side.
  *
  * Kernels work on contiguous copies (made with grad mode off, so the copies
  * are not part of the graph) and record one node of their own. Matrix work
@@ -9,6 +9,7 @@
  * pool over disjoint outputs, each output computed by one task in a fixed
  * order, so results don't depend on the thread count. Sums are accumulated
  * in double. */
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include "../core/iter.h"
 #include "../core/vmath.h"
 #include "../df.h"
+#include "activation.h"
 
 /* ---- shared helpers ----------------------------------------------------- */
 
@@ -175,17 +177,35 @@ df_status df_linear(df_tensor **out, const df_tensor *x, const df_tensor *w, con
  * are (sample, group), G = groups, S = the spatial size, so the index is the
  * channel. layer_norm: G = 1, S = 1, so the index is the position in the row.
  *
- * iarg = {R, L, G, S, slot of w or -1, slot of b or -1}; saved[0] = x,
- * saved[1] = w; extra = mean[R] then rstd[R] (floats). */
+ * group_norm_silu is silu(group_norm(x)) in one pass: each row is
+ * normalised, then goes through SiLU while it is still in cache. It saves
+ * only x (and b, to recompute the normalised values) and the statistics, not
+ * the two full-size results the pair would keep; its backward recomputes
+ * h = group_norm(x) and silu'(h) row by row, into the memory of dx, then runs
+ * group_norm's backward on that.
+ *
+ * iarg = {R, L, G, S, slot of w or -1, slot of b or -1, fused with SiLU};
+ * saved[0] = x, saved[1] = w, saved[2] = b (group_norm_silu only);
+ * extra = mean[R] then rstd[R] (floats). */
+
+/* group_norm_silu's SiLU: elementwise.c's own maps (ops/activation.h), in
+ * place over a row — the same arithmetic as D.silu, so the fused op gives
+ * bitwise what the pair gives. */
+static void silu_row(int64_t n, float *y) { df_silu_map(n, y, y); }
+static void silu_grad_row(int64_t n, float *h, const float *g) { df_silu_grad_map(n, h, g, h); }
 
 typedef struct {
   const float *x, *g, *w, *b;
   float *y;     /* forward: output; backward: dx, or NULL when not wanted */
   float *mean, *rstd;
   double *acc_w, *acc_b; /* backward: per affine index, either may be NULL */
-  double *part_g, *part_gx; /* backward, span > 1: per (row, channel in row) sums of g and g xhat, or NULL */
+  /* backward: per (row, channel in row) sums of g and g xhat, or NULL; for
+   * span > 1, and for group_norm_silu also at span 1 */
+  double *part_g, *part_gx;
   int64_t rows, len, groups, span, per; /* per = L / S affine indices in a row */
   float eps;
+  void (*silu)(int64_t n, float *y);                          /* group_norm_silu's forward, else NULL */
+  void (*silu_grad)(int64_t n, float *h, const float *g);     /* its backward (with y set), else NULL */
 } norm_job;
 
 /* The row loops are written once (the *_body functions, always inlined) and
@@ -288,6 +308,19 @@ NORM_INLINE void row_moments(const float *x, int64_t len, double *mean_out, doub
   *m2_out = m2;
 }
 
+/* Row r of the output: y = (x - m) rstd w + b, per affine index. The
+ * backward of group_norm_silu recomputes it with this same code, so it
+ * gets the forward's bits. */
+NORM_INLINE void normalise_row(const norm_job *j, int64_t r, const float *x, float *y, float m, float rstd) {
+  int64_t a0 = (r % j->groups) * j->per;
+  for (int64_t c = 0; c < j->per; c++) {
+    float scale = j->w ? j->w[a0 + c] * rstd : rstd, shift = j->b ? j->b[a0 + c] : 0.0f;
+    const float *xs = x + c * j->span;
+    float *ys = y + c * j->span;
+    for (int64_t s = 0; s < j->span; s++) ys[s] = (xs[s] - m) * scale + shift;
+  }
+}
+
 NORM_INLINE void norm_forward_body(int64_t r0, int64_t r1, const norm_job *j) {
   for (int64_t r = r0; r < r1; r++) {
     const float *x = j->x + r * j->len;
@@ -297,13 +330,8 @@ NORM_INLINE void norm_forward_body(int64_t r0, int64_t r1, const norm_job *j) {
     float rstd = (float)(1.0 / sqrt(m2 / (double)j->len + j->eps)), m = (float)mean;
     j->mean[r] = m;
     j->rstd[r] = rstd;
-    int64_t a0 = (r % j->groups) * j->per;
-    for (int64_t c = 0; c < j->per; c++) {
-      float scale = j->w ? j->w[a0 + c] * rstd : rstd, shift = j->b ? j->b[a0 + c] : 0.0f;
-      const float *xs = x + c * j->span;
-      float *ys = y + c * j->span;
-      for (int64_t s = 0; s < j->span; s++) ys[s] = (xs[s] - m) * scale + shift;
-    }
+    normalise_row(j, r, x, y, m, rstd);
+    if (j->silu) j->silu(j->len, y); /* while the row is in cache */
   }
 }
 
@@ -349,15 +377,28 @@ NORM_INLINE void gradient_sums(const float *g, const float *x, const float *w, i
 /* dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = g w.
  * One sweep gathers the two means (per channel when the row has spatial
  * extent, keeping each channel's sums for the affine gradients), a second
- * writes dx. */
+ * writes dx. For group_norm_silu, g is first replaced by g silu'(h), made
+ * in dx's row from the recomputed output h (dx is then written over it,
+ * each element after it is read). */
 NORM_INLINE void norm_backward_body(int64_t r0, int64_t r1, const norm_job *j) {
   for (int64_t r = r0; r < r1; r++) {
     const float *x = j->x + r * j->len, *g = j->g + r * j->len;
     float m = j->mean[r], rstd = j->rstd[r];
+    if (j->silu_grad) {
+      float *h = j->y + r * j->len;
+      normalise_row(j, r, x, h, m, rstd);
+      j->silu_grad(j->len, h, g);
+      g = h;
+    }
     int64_t a0 = (r % j->groups) * j->per;
     double s1 = 0, s2 = 0;
     if (j->span == 1) { /* one weight per element (layer_norm) */
       gradient_sums(g, x, j->w ? j->w + a0 : NULL, j->len, m, rstd, &s1, &s2);
+      if (j->part_g) /* group_norm_silu of (N, C): each element is a channel */
+        for (int64_t c = 0; c < j->len; c++) {
+          j->part_g[r * j->per + c] = g[c];
+          j->part_gx[r * j->per + c] = (double)g[c] * ((x[c] - m) * rstd);
+        }
     } else {
       for (int64_t c = 0; c < j->per; c++) {
         double sg, sgx, wc = j->w ? j->w[a0 + c] : 1.0;
@@ -462,9 +503,10 @@ static void norm_backward_affine(int64_t a0, int64_t a1, void *arg) {
   }
 }
 
-/* x, w, b already checked; groups and span as described above. */
+/* x, w, b already checked; groups and span as described above; silu:
+ * group_norm_silu. */
 static df_status norm_forward(const char *name, df_tensor **out, float **stats, const df_tensor *x, const df_tensor *w,
-                              const df_tensor *b, int64_t rows, int64_t groups, int64_t span, float eps) {
+                              const df_tensor *b, int64_t rows, int64_t groups, int64_t span, float eps, bool silu) {
   df_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL;
   float *st_buf = df_malloc(sizeof(float) * (size_t)(2 * rows + 1));
   df_status st = DF_OK;
@@ -479,7 +521,8 @@ static df_status norm_forward(const char *name, df_tensor **out, float **stats, 
   if (len > 0) {
     norm_job j = {.x = df_tensor_data(xc), .w = wc ? df_tensor_data(wc) : NULL, .b = bc ? df_tensor_data(bc) : NULL,
                   .y = df_tensor_data(y), .mean = st_buf, .rstd = st_buf + rows, .rows = rows, .len = len,
-                  .groups = groups, .span = span, .per = len / span, .eps = eps};
+                  .groups = groups, .span = span, .per = len / span, .eps = eps,
+                  .silu = silu ? silu_row : NULL};
     parallel_range(rows, 2 * len, norm_forward_rows(), &j);
   }
 done:
@@ -499,25 +542,30 @@ done:
 static df_status bw_norm(df_node *n, const df_tensor *g, df_tensor **gi) {
   int64_t rows = n->iarg[0], len = n->iarg[1], groups = n->iarg[2], span = n->iarg[3];
   int iw = (int)n->iarg[4], ib = (int)n->iarg[5];
-  const df_tensor *x = n->saved[0], *w = iw >= 0 ? n->saved[1] : NULL;
+  bool silu = n->iarg[6] != 0;
+  const df_tensor *x = n->saved[0], *w = iw >= 0 ? n->saved[1] : NULL, *b = silu && ib >= 0 ? n->saved[2] : NULL;
   const float *stats = n->extra;
   bool need_x = df_node_needs_grad(n, 0), need_w = df_node_needs_grad(n, iw), need_b = df_node_needs_grad(n, ib);
+  bool want_dx = need_x || silu; /* group_norm_silu makes g silu'(h) in dx's memory */
   int64_t per = span > 0 ? len / span : 0, naffine = groups * per;
-  df_tensor *xc = NULL, *wc = NULL, *gc = NULL, *dx = NULL, *dw = NULL, *db = NULL;
+  df_tensor *xc = NULL, *wc = NULL, *bc = NULL, *gc = NULL, *dx = NULL, *dw = NULL, *db = NULL;
   double *acc = NULL, *part = NULL;
   df_status st;
   if ((st = df_tensor_contiguous(&xc, x)) || (st = df_tensor_contiguous(&gc, g)) ||
-      (w && (st = df_tensor_contiguous(&wc, w))))
+      (w && (st = df_tensor_contiguous(&wc, w))) || (b && (st = df_tensor_contiguous(&bc, b))))
     goto done;
-  if ((need_x && (st = df_tensor_empty(&dx, x->ndim, x->size))) || /* every element is written */
+  if ((want_dx && (st = df_tensor_empty(&dx, x->ndim, x->size))) || /* every element is written */
       (need_w && (st = df_tensor_zeros(&dw, w->ndim, w->size))) ||
       (need_b && (st = df_tensor_zeros(&db, n->inputs[ib].ndim, n->inputs[ib].size))))
     goto done;
   if (len > 0 && rows > 0) {
     norm_job j = {.x = df_tensor_data(xc), .g = df_tensor_data(gc), .w = wc ? df_tensor_data(wc) : NULL,
-                  .y = need_x ? df_tensor_data(dx) : NULL, .mean = (float *)stats, .rstd = (float *)stats + rows,
-                  .rows = rows, .len = len, .groups = groups, .span = span, .per = per};
-    bool affine = need_w || need_b, parts = affine && span > 1;
+                  .b = bc ? df_tensor_data(bc) : NULL, .y = want_dx ? df_tensor_data(dx) : NULL,
+                  .mean = (float *)stats, .rstd = (float *)stats + rows, .rows = rows, .len = len, .groups = groups,
+                  .span = span, .per = per, .silu_grad = silu ? silu_grad_row : NULL};
+    /* with SiLU, g silu'(h) exists only inside the rows pass: the affine
+     * sums come from there at any span */
+    bool affine = need_w || need_b, parts = affine && (span > 1 || silu);
     if (affine) {
       /* acc: the affine sums; part: the rows pass's per-(row, channel) sums */
       size_t nacc = (size_t)(2 * naffine), npart = parts ? (size_t)(2 * rows * per) : 0;
@@ -532,7 +580,7 @@ static df_status bw_norm(df_node *n, const df_tensor *g, df_tensor **gi) {
         j.part_gx = part + rows * per;
       }
     }
-    if (need_x || parts) parallel_range(rows, 3 * len, norm_backward_rows(), &j);
+    if (want_dx || parts) parallel_range(rows, (silu ? 5 : 3) * len, norm_backward_rows(), &j);
     if (parts) norm_affine_from_parts(&j);
     else if (affine) parallel_range(naffine, rows * span, norm_backward_affine, &j);
     for (int64_t a = 0; affine && a < naffine; a++) {
@@ -545,9 +593,10 @@ done:
   df_free(part);
   df_tensor_release(xc);
   df_tensor_release(wc);
+  df_tensor_release(bc);
   df_tensor_release(gc);
+  if (st || !need_x) df_tensor_release(dx);
   if (st) {
-    df_tensor_release(dx);
     df_tensor_release(dw);
     df_tensor_release(db);
     return st;
@@ -559,11 +608,11 @@ done:
 }
 
 static df_status norm_op(const char *name, df_tensor **out, const df_tensor *x, const df_tensor *w, const df_tensor *b,
-                         int64_t rows, int64_t groups, int64_t span, float eps) {
+                         int64_t rows, int64_t groups, int64_t span, float eps, bool silu) {
   bool previous = df_set_grad_enabled(false);
   df_tensor *y = NULL;
   float *stats = NULL;
-  df_status st = norm_forward(name, &y, &stats, x, w, b, rows, groups, span, eps);
+  df_status st = norm_forward(name, &y, &stats, x, w, b, rows, groups, span, eps, silu);
   df_set_grad_enabled(previous);
   if (st) return st;
   const df_tensor *in[3] = {x, w ? w : b, w ? b : NULL};
@@ -571,6 +620,7 @@ static df_status norm_op(const char *name, df_tensor **out, const df_tensor *x, 
   df_node *node = NULL;
   st = df_autograd_record(y, name, bw_norm, ninputs, in, &node);
   if (!st && node && !(st = df_node_save(node, 0, x)) && w) st = df_node_save(node, 1, w);
+  if (!st && node && silu && b) st = df_node_save(node, 2, b);
   if (st || !node) {
     df_free(stats);
     if (st) {
@@ -582,32 +632,42 @@ static df_status norm_op(const char *name, df_tensor **out, const df_tensor *x, 
   }
   node->extra = stats; /* freed with the node */
   int64_t len = rows > 0 ? df_tensor_numel(x) / rows : 0;
-  int64_t iargs[6] = {rows, len, groups, span, w ? 1 : -1, b ? (w ? 2 : 1) : -1};
+  int64_t iargs[7] = {rows, len, groups, span, w ? 1 : -1, b ? (w ? 2 : 1) : -1, silu};
   memcpy(node->iarg, iargs, sizeof iargs);
   *out = y;
   return DF_OK;
 }
 
-df_status df_group_norm(df_tensor **out, const df_tensor *x, int groups, const df_tensor *w, const df_tensor *b,
-                        float eps) {
+static df_status group_norm_op(const char *name, bool silu, df_tensor **out, const df_tensor *x, int groups,
+                               const df_tensor *w, const df_tensor *b, float eps) {
   char b1[SHAPE_BUF], b2[SHAPE_BUF];
-  if (x->ndim < 2) return df_error(DF_EINVAL, "group_norm: expected an input (N, C, ...), got %s", shape_of(b1, x));
+  if (x->ndim < 2) return df_error(DF_EINVAL, "%s: expected an input (N, C, ...), got %s", name, shape_of(b1, x));
   int64_t c = x->size[1];
-  if (groups < 1) return df_error(DF_EINVAL, "group_norm: groups must be >= 1, got %d", groups);
+  if (groups < 1) return df_error(DF_EINVAL, "%s: groups must be >= 1, got %d", name, groups);
   if (c % groups != 0)
-    return df_error(DF_EINVAL, "group_norm: %lld channels of input %s do not divide into %d groups", (long long)c,
+    return df_error(DF_EINVAL, "%s: %lld channels of input %s do not divide into %d groups", name, (long long)c,
                     shape_of(b1, x), groups);
   const df_tensor *affine[2] = {w, b};
   const char *what[2] = {"weight", "bias"};
   for (int i = 0; i < 2; i++)
     if (affine[i] && (affine[i]->ndim != 1 || affine[i]->size[0] != c))
-      return df_error(DF_EINVAL, "group_norm: %s must have shape {%lld} (the channels of input %s), got %s", what[i],
+      return df_error(DF_EINVAL, "%s: %s must have shape {%lld} (the channels of input %s), got %s", name, what[i],
                       (long long)c, shape_of(b1, x), shape_of(b2, affine[i]));
-  df_status st = check_eps("group_norm", eps);
+  df_status st = check_eps(name, eps);
   if (st) return st;
   int64_t span = 1;
   for (int d = 2; d < x->ndim; d++) span *= x->size[d];
-  return norm_op("group_norm", out, x, w, b, x->size[0] * groups, groups, span, eps);
+  return norm_op(name, out, x, w, b, x->size[0] * groups, groups, span, eps, silu);
+}
+
+df_status df_group_norm(df_tensor **out, const df_tensor *x, int groups, const df_tensor *w, const df_tensor *b,
+                        float eps) {
+  return group_norm_op("group_norm", false, out, x, groups, w, b, eps);
+}
+
+df_status df_group_norm_silu(df_tensor **out, const df_tensor *x, int groups, const df_tensor *w, const df_tensor *b,
+                             float eps) {
+  return group_norm_op("group_norm_silu", true, out, x, groups, w, b, eps);
 }
 
 df_status df_layer_norm(df_tensor **out, const df_tensor *x, int nlast, const df_tensor *w, const df_tensor *b,
@@ -631,7 +691,7 @@ df_status df_layer_norm(df_tensor **out, const df_tensor *x, int nlast, const df
   if (st) return st;
   int64_t rows = 1;
   for (int d = 0; d < lead; d++) rows *= x->size[d];
-  return norm_op("layer_norm", out, x, w, b, rows, 1, 1, eps);
+  return norm_op("layer_norm", out, x, w, b, rows, 1, 1, eps, false);
 }
 
 /* ---- softmax, log_softmax ------------------------------------------------
@@ -751,7 +811,10 @@ df_status df_log_softmax(df_tensor **out, const df_tensor *x, int dim) {
 /* ---- dropout ---------------------------------------------------------------
  * The keep mask comes from df_rand_: element i is kept when its uniform draw
  * u_i >= p, so the mask depends only on the generator's (seed, offset).
- * saved[0] = the scaled mask (0 or 1 / (1 - p)); the identity node saves
+ * Backward draws it again from a copy of (seed, offset) as they were before
+ * the forward's draw, so the node keeps no mask, and the shared generator is
+ * left alone (a backward run twice gets the same mask).
+ * iarg = {seed, offset} (bit copies); scalar[0] = p. The identity node saves
  * nothing. */
 
 static df_status bw_identity(df_node *n, const df_tensor *g, df_tensor **gi) {
@@ -759,10 +822,6 @@ static df_status bw_identity(df_node *n, const df_tensor *g, df_tensor **gi) {
   df_tensor_retain((df_tensor *)g);
   gi[0] = (df_tensor *)g;
   return DF_OK;
-}
-
-static df_status bw_dropout(df_node *n, const df_tensor *g, df_tensor **gi) {
-  return df_binary(DF_MUL, &gi[0], g, n->saved[0]);
 }
 
 typedef struct {
@@ -775,9 +834,35 @@ static void mask_range(int64_t i0, int64_t i1, void *arg) {
   for (int64_t i = i0; i < i1; i++) j->m[i] = j->m[i] >= j->p ? j->scale : 0.0f;
 }
 
+/* out (contiguous, in place) = the scaled mask (0 or 1 / (1 - p)) times
+ * other: the mask drawn into out, then multiplied by other, which is
+ * bitwise other * mask (the product commutes) without a second tensor. */
+static df_status mask_times(df_tensor *out, const df_tensor *other, float p, df_generator *g) {
+  df_status st = df_rand_(out, g, 0.0f, 1.0f);
+  if (st) return st;
+  mask_job j = {.m = df_tensor_data(out), .p = p, .scale = (float)(1.0 / (1.0 - (double)p))};
+  parallel_range(df_tensor_numel(out), 1, mask_range, &j);
+  return df_binary_(DF_MUL, out, other);
+}
+
+static df_status bw_dropout(df_node *n, const df_tensor *g, df_tensor **gi) {
+  df_generator at_forward;
+  memcpy(&at_forward.seed, &n->iarg[0], sizeof at_forward.seed);
+  memcpy(&at_forward.offset, &n->iarg[1], sizeof at_forward.offset);
+  df_tensor *dx;
+  df_status st = df_tensor_empty(&dx, n->inputs[0].ndim, n->inputs[0].size);
+  if (st) return st;
+  if ((st = mask_times(dx, g, (float)n->scalar[0], &at_forward))) {
+    df_tensor_release(dx);
+    return st;
+  }
+  gi[0] = dx;
+  return DF_OK;
+}
+
 df_status df_dropout(df_tensor **out, const df_tensor *x, float p, bool train, df_generator *g) {
   if (!(p >= 0.0f && p < 1.0f)) return df_error(DF_EINVAL, "dropout: p must be in [0, 1), got %g", (double)p);
-  df_tensor *y = NULL, *mask = NULL;
+  df_tensor *y = NULL;
   df_status st;
   df_node *node;
   if (!train || p == 0.0f) {
@@ -789,20 +874,20 @@ df_status df_dropout(df_tensor **out, const df_tensor *x, float p, bool train, d
     *out = y;
     return DF_OK;
   }
+  if (!g) g = df_default_generator();
+  df_generator before = *g;
   bool previous = df_set_grad_enabled(false);
-  if (!(st = df_tensor_empty(&mask, x->ndim, x->size)) && !(st = df_rand_(mask, g, 0.0f, 1.0f))) {
-    mask_job j = {.m = df_tensor_data(mask), .p = p, .scale = (float)(1.0 / (1.0 - (double)p))};
-    parallel_range(df_tensor_numel(mask), 1, mask_range, &j);
-    st = df_binary(DF_MUL, &y, x, mask);
-  }
+  if (!(st = df_tensor_empty(&y, x->ndim, x->size))) st = mask_times(y, x, p, g);
   df_set_grad_enabled(previous);
-  if (st || (st = df_autograd_record(y, "dropout", bw_dropout, 1, &x, &node)) ||
-      (node && (st = df_node_save(node, 0, mask)))) {
-    df_tensor_release(mask);
+  if (st || (st = df_autograd_record(y, "dropout", bw_dropout, 1, &x, &node))) {
     df_tensor_release(y);
     return st;
   }
-  df_tensor_release(mask);
+  if (node) {
+    memcpy(&node->iarg[0], &before.seed, sizeof before.seed);
+    memcpy(&node->iarg[1], &before.offset, sizeof before.offset);
+    node->scalar[0] = p;
+  }
   *out = y;
   return DF_OK;
 }
