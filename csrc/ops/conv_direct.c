@@ -41,6 +41,8 @@
 #ifndef IN_BLOCK
 #define IN_BLOCK 144 /* (input channel, tap) pairs per forward pass over the plane: 16 channels of 3x3 */
 #endif
+#define MAX_IN_BLOCK 64 /* ... and at most this many channels (1x1: their rows for a tile stay in L1) */
+#define OB_GROUP 4      /* output blocks of 8 per forward task */
 
 static int direct_mode = 1; /* 1: where it applies, 0: never (tests compare both paths) */
 
@@ -193,26 +195,38 @@ __attribute__((target("avx512f"), always_inline)) static inline void fwd_tile(co
   ACC_ROW(ACC_STORE)
 }
 
+/* A task: one image, a group of up to OB_GROUP output blocks, a range of
+ * the plane's vectors. Loop order: input-channel block, tile, output block —
+ * the tile's input rows are read once from L2 and serve every output block
+ * of the group from L1 (a 1x1 convolution lives on that reuse), and a
+ * block's weights stay in L1 while the tiles sweep the plane; the sums carry
+ * over from one input-channel block to the next in y. */
 __attribute__((target("avx512f"))) static void fwd_task(int64_t task, void *arg) {
   const fwd_job *j = arg;
   const plane_map *m = j->m;
-  int64_t part = task % j->vec_parts, ob = (task / j->vec_parts) % j->blocks, n = task / j->vec_parts / j->blocks;
+  int64_t groups = (j->blocks + OB_GROUP - 1) / OB_GROUP;
+  int64_t part = task % j->vec_parts, grp = (task / j->vec_parts) % groups, n = task / j->vec_parts / groups;
   int64_t tiles = (m->vecs + VEC_BLOCK - 1) / VEC_BLOCK, per = (tiles + j->vec_parts - 1) / j->vec_parts;
   int64_t v_lo = part * per * VEC_BLOCK, v_hi = (part + 1) * per * VEC_BLOCK;
   if (v_hi > m->vecs) v_hi = m->vecs;
-  const float *x = j->x + n * j->c * m->ih * m->iw, *wpk = j->wpk + ob * j->c * m->taps * OUT_BLOCK;
-  const float *bias = j->bias ? j->bias + ob * OUT_BLOCK : NULL;
-  float *y = j->y + (n * j->o + ob * OUT_BLOCK) * m->oh * m->ow;
-  int64_t live_o = j->o - ob * OUT_BLOCK < OUT_BLOCK ? j->o - ob * OUT_BLOCK : OUT_BLOCK;
-  /* blocks of input channels: a block's weights and input rows stay in L1
-   * while the tiles sweep the plane; the sums carry over in y */
-  int64_t block = IN_BLOCK / m->taps;
+  int64_t ob0 = grp * OB_GROUP, ob1 = ob0 + OB_GROUP < j->blocks ? ob0 + OB_GROUP : j->blocks;
+  const float *x = j->x + n * j->c * m->ih * m->iw;
+  int64_t block = IN_BLOCK / m->taps < MAX_IN_BLOCK ? IN_BLOCK / m->taps : MAX_IN_BLOCK;
   for (int64_t c0 = 0; c0 < j->c; c0 += block) {
-    int64_t c1 = c0 + block < j->c ? c0 + block : j->c, v = v_lo;
-    /* tiles of 3 vectors; the last 4 as 2 + 2 (an 8x8 plane is 4), not 3 + 1 */
-    for (; v + VEC_BLOCK <= v_hi && v_hi - v != 4; v += VEC_BLOCK) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, VEC_BLOCK);
-    for (; v + 2 <= v_hi; v += 2) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, 2);
-    if (v < v_hi) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, 1);
+    int64_t c1 = c0 + block < j->c ? c0 + block : j->c;
+    for (int64_t v = v_lo; v < v_hi;) {
+      /* tiles of 3 vectors; the last 4 as 2 + 2 (an 8x8 plane is 4), not 3 + 1 */
+      int64_t left = v_hi - v, r = left >= VEC_BLOCK && left != 4 ? VEC_BLOCK : (left >= 2 ? 2 : 1);
+      for (int64_t ob = ob0; ob < ob1; ob++) {
+        const float *wpk = j->wpk + ob * j->c * m->taps * OUT_BLOCK, *bias = j->bias ? j->bias + ob * OUT_BLOCK : NULL;
+        float *y = j->y + (n * j->o + ob * OUT_BLOCK) * m->oh * m->ow;
+        int64_t live_o = j->o - ob * OUT_BLOCK < OUT_BLOCK ? j->o - ob * OUT_BLOCK : OUT_BLOCK;
+        if (r == VEC_BLOCK) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, VEC_BLOCK);
+        else if (r == 2) fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, 2);
+        else fwd_tile(j, x, wpk, bias, y, live_o, v, c0, c1, 1);
+      }
+      v += r;
+    }
   }
 }
 
@@ -254,7 +268,7 @@ df_status conv_direct_forward(const direct_geom *g, const float *x, const float 
     for (int64_t i = 0; i < blocks * OUT_BLOCK; i++) bpk[i] = i < g->o ? bias[i] : 0.0f;
   }
   /* images x output blocks, and more tasks per plane when those are few */
-  int64_t tiles = (m.vecs + VEC_BLOCK - 1) / VEC_BLOCK, units = g->n * blocks, parts = 1;
+  int64_t tiles = (m.vecs + VEC_BLOCK - 1) / VEC_BLOCK, units = g->n * ((blocks + OB_GROUP - 1) / OB_GROUP), parts = 1;
   while (units * parts < 16 && parts * 2 <= tiles) parts *= 2;
   fwd_job j = {.m = &m, .x = x, .wpk = wpk, .bias = bpk, .y = y, .c = g->c, .o = g->o, .blocks = blocks,
                .vec_parts = parts};
