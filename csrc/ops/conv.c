@@ -257,7 +257,7 @@ static direct_geom direct_of(const conv_geom *g) {
 static bool use_direct(const conv_geom *g) {
   int stride[2] = {(int)g->sh, (int)g->sw}, padding[2] = {(int)g->ph, (int)g->pw}, dilation[2] = {(int)g->dh, (int)g->dw};
   return g->n > 0 && g->k > 0 && g->og > 0 &&
-         conv_direct_applies(g->c, g->o, g->kh, g->kw, stride, padding, dilation, (int)g->groups);
+         conv_direct_applies(g->kh, g->kw, stride, padding, dilation, (int)g->groups);
 }
 
 /* ---- forward ------------------------------------------------------------- */
@@ -371,42 +371,41 @@ static df_status bw_conv2d(df_node *node, const df_tensor *grad, df_tensor **gi)
   float *col = NULL, *tmp = NULL;
   df_status st;
   int64_t chunk = chunk_images(&g);
-  bool direct = use_direct(&g);
+  direct_geom dg = direct_of(&g);
+  bool direct_x = use_direct(&g), direct_w = direct_x && conv_direct_grad_weight_applies(&dg);
+  bool gemm_x = need_x && !direct_x, gemm_w = need_w && !direct_w; /* what im2col + GEMM does */
   if ((st = df_tensor_contiguous(&dout, grad))) goto done;
+  /* the GEMM path adds into its gradients; the direct kernels write them whole */
   if (need_x && ((st = df_tensor_contiguous(&w, node->saved[1])) ||
-                 (st = (direct ? df_tensor_empty : df_tensor_zeros)(&dx, 4, ex->size))))
+                 (st = (gemm_x ? df_tensor_zeros : df_tensor_empty)(&dx, 4, ex->size))))
     goto done;
   if (need_w && ((st = df_tensor_contiguous(&x, node->saved[0])) ||
-                 (st = (direct ? df_tensor_empty : df_tensor_zeros)(&dw, 4, ew->size))))
+                 (st = (gemm_w ? df_tensor_zeros : df_tensor_empty)(&dw, 4, ew->size))))
     goto done;
   if (need_b && (st = df_tensor_empty(&db, 1, &g.o))) goto done;
-  if (direct) {
-    float *gp = df_tensor_data(dout);
-    direct_geom dg = direct_of(&g);
-    if (need_w && (st = conv_direct_grad_weight(&dg, df_tensor_data(x), gp, df_tensor_data(dw)))) goto done;
-    if (need_x) { /* dx = conv(dout, flipped wᵀ), padding k - 1 - p, back onto the input plane */
-      direct_geom back = {.n = g.n, .c = g.o, .h = g.oh, .w = g.ow, .o = g.c, .kh = g.kh, .kw = g.kw,
-                          .ph = g.kh - 1 - g.ph, .pw = g.kw - 1 - g.pw, .oh = g.h, .ow = g.w};
-      if ((st = conv_direct_forward(&back, gp, df_tensor_data(w), true, NULL, df_tensor_data(dx)))) goto done;
-    }
+  float *gp = df_tensor_data(dout);
+  if (need_w && direct_w && (st = conv_direct_grad_weight(&dg, df_tensor_data(x), gp, df_tensor_data(dw)))) goto done;
+  if (need_x && direct_x) { /* dx = conv(dout, flipped wᵀ), padding k - 1 - p, back onto the input plane */
+    direct_geom back = {.n = g.n, .c = g.o, .h = g.oh, .w = g.ow, .o = g.c, .kh = g.kh, .kw = g.kw,
+                        .ph = g.kh - 1 - g.ph, .pw = g.kw - 1 - g.pw, .oh = g.h, .ow = g.w};
+    if ((st = conv_direct_forward(&back, gp, df_tensor_data(w), true, NULL, df_tensor_data(dx)))) goto done;
   }
-  if (!direct && (need_x || need_w) && g.n > 0 && products &&
+  if ((gemm_x || gemm_w) && g.n > 0 && products &&
       (!(col = df_malloc(sizeof(float) * (size_t)(g.groups * g.k * chunk * g.l))) ||
        !(tmp = df_malloc(sizeof(float) * (size_t)(g.o * chunk * g.l))))) {
     st = df_error(DF_ENOMEM, "conv2d: out of memory for the im2col workspace");
     goto done;
   }
-  float *gp = df_tensor_data(dout);
-  for (int64_t n0 = 0; !direct && products && (need_x || need_w) && n0 < g.n; n0 += chunk) {
+  for (int64_t n0 = 0; products && (gemm_x || gemm_w) && n0 < g.n; n0 += chunk) {
     int64_t images = g.n - n0 < chunk ? g.n - n0 : chunk, ld = images * g.l;
     gather(&g, tmp, gp + n0 * g.o * g.l, images, true, false); /* dout of the chunk as (O, images * L) */
-    if (need_w) {
+    if (gemm_w) {
       float *dwp = df_tensor_data(dw);
       im2col(&g, df_tensor_data(x) + n0 * g.c * g.h * g.w, images, col);
       for (int64_t gr = 0; gr < g.groups; gr++)
         df_gemm(false, true, g.og, g.k, ld, 1.0f, tmp + gr * g.og * ld, ld, col + gr * g.k * ld, ld, 1.0f, dwp + gr * g.og * g.k, g.k);
     }
-    if (need_x) {
+    if (gemm_x) {
       const float *wp = df_tensor_data(w);
       for (int64_t gr = 0; gr < g.groups; gr++)
         df_gemm(true, false, g.k, ld, g.og, 1.0f, wp + gr * g.og * g.k, g.k, tmp + gr * g.og * ld, ld, 0.0f, col + gr * g.k * ld, ld);

@@ -37,12 +37,12 @@
 #define LANES 16
 #define OUT_BLOCK 8  /* output channels per forward tile */
 #define VEC_BLOCK 3  /* vectors per forward tile */
-#define MIN_CHANNELS 8 /* input and output channels the direct kernels want at least */
 #ifndef IN_BLOCK
 #define IN_BLOCK 144 /* (input channel, tap) pairs per forward pass over the plane: 16 channels of 3x3 */
 #endif
 #define MAX_IN_BLOCK 64 /* ... and at most this many channels (1x1: their rows for a tile stay in L1) */
 #define OB_GROUP 4      /* output blocks of 8 per forward task */
+#define DW_MIN_OUT 8    /* weight gradients with fewer output channels take im2col + GEMM */
 
 static int direct_mode = 1; /* 1: where it applies, 0: never (tests compare both paths) */
 
@@ -54,17 +54,18 @@ bool df_debug_conv_direct(bool on) {
   return cpu_has_avx512();
 }
 
-bool conv_direct_applies(int64_t c, int64_t o, int64_t kh, int64_t kw, const int stride[2], const int padding[2],
-                         const int dilation[2], int groups) {
+bool conv_direct_applies(int64_t kh, int64_t kw, const int stride[2], const int padding[2], const int dilation[2],
+                         int groups) {
   if (!direct_mode || !cpu_has_avx512()) return false;
-  /* a U-Net's first and last convolutions (1 channel in or out) would fill
-   * a block of 8 (forward) or 32 (weight gradient) channels with one:
-   * im2col + GEMM does those better */
-  if (c < MIN_CHANNELS || o < MIN_CHANNELS) return false;
   if (stride[0] != 1 || stride[1] != 1 || dilation[0] != 1 || dilation[1] != 1 || groups != 1) return false;
   if (!((kh == 1 && kw == 1) || (kh == 3 && kw == 3))) return false;
   return padding[0] >= 0 && padding[0] <= kh - 1 && padding[1] >= 0 && padding[1] <= kw - 1;
 }
+
+/* The weight gradient's tiles are 32 output channels wide: a U-Net's last
+ * convolution (one output channel) would fill them with one, so it goes
+ * through im2col + GEMM. */
+bool conv_direct_grad_weight_applies(const direct_geom *g) { return g->o >= DW_MIN_OUT; }
 
 /* ---- the plane map: where each vector's taps read ---------------------- */
 

@@ -1,7 +1,6 @@
 /* conv_direct.h — direct convolution kernels (ops/conv_direct.c) for the
  * convolutions a U-Net uses: stride 1, dilation 1, one group, 1x1 or 3x3,
- * padding 0 .. k - 1, 8 or more channels in and out, float NCHW, on CPUs
- * with AVX-512. conv.c picks them
+ * padding 0 .. k - 1, float NCHW, on CPUs with AVX-512. conv.c picks them
  * where conv_direct_applies() says so and keeps im2col + GEMM for the rest. */
 #ifndef DF_CONV_DIRECT_H
 #define DF_CONV_DIRECT_H
@@ -18,11 +17,11 @@ typedef struct {
   int64_t oh, ow;     /* output plane: h + 2 ph - kh + 1, w + 2 pw - kw + 1 */
 } direct_geom;
 
-/* Whether the direct kernels run this convolution, c input and o output
- * channels (the CPU has AVX-512F, the shape is one of theirs, and
- * df_debug_conv_direct has not turned them off). */
-bool conv_direct_applies(int64_t c, int64_t o, int64_t kh, int64_t kw, const int stride[2], const int padding[2],
-                         const int dilation[2], int groups);
+/* Whether the direct kernels run this convolution (the CPU has AVX-512F,
+ * the shape is one of theirs, and df_debug_conv_direct has not turned them
+ * off); and, when they do, whether they also take its weight gradient. */
+bool conv_direct_applies(int64_t kh, int64_t kw, const int stride[2], const int padding[2], const int dilation[2],
+                         int groups);
 
 /* y (N, O, oh, ow) = conv(x, w) + bias (bias may be NULL). When
  * flip_transpose is set, w is read as the (C, O, kh, kw) weight of the
@@ -31,6 +30,8 @@ bool conv_direct_applies(int64_t c, int64_t o, int64_t kh, int64_t kw, const int
  * output's gradient (padding k - 1 - p). */
 df_status conv_direct_forward(const direct_geom *g, const float *x, const float *w, bool flip_transpose,
                               const float *bias, float *y);
+
+bool conv_direct_grad_weight_applies(const direct_geom *g);
 
 /* dw (O, C, kh, kw) = sum over images and positions of dy x shifted; dw is
  * overwritten. Summed in an order fixed by the shapes alone. */
