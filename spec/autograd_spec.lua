@@ -12,25 +12,7 @@ local H = require "helpers"
 -- H.assert_close with this file's default tolerance, 1e-6
 local function assert_close(actual, expected, tol) H.assert_close(actual, expected, tol or 1e-6) end
 
--- Runs a chunk in a child Lua with this one's module paths (and environment,
--- sanitizers included) and returns whether it exited cleanly and its output:
--- a crash then fails one test instead of ending the whole run.
-local function run_child(code)
-  local interpreter, i = "lua5.4", -1
-  while arg and arg[i] do
-    interpreter = arg[i]
-    i = i - 1
-  end
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath), code)
-  f:close()
-  local pipe = assert(io.popen(("%s %s 2>&1"):format(interpreter, path)))
-  local out = pipe:read("a")
-  local ok = pipe:close()
-  os.remove(path)
-  return ok == true, out
-end
+local function run_child(code) return H.try_child("", code) end
 
 --- gradients by hand ------------------------------------------------------------
 

@@ -41,25 +41,7 @@ local function assert_rel(a, e, rtol, what)
   end
 end
 
--- Runs a chunk in a child Lua with this one's module paths and the given
--- environment prefix (DIFFUSION_SIMD=...), and returns its output.
-local function run_child(env, code)
-  local interpreter, i = "lua5.4", -1
-  while arg and arg[i] do
-    interpreter = arg[i]
-    i = i - 1
-  end
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath), code)
-  f:close()
-  local pipe = assert(io.popen(("%s %s %s 2>&1"):format(env, interpreter, path)))
-  local out = pipe:read("a")
-  local ok = pipe:close()
-  os.remove(path)
-  assert(ok, out)
-  return out
-end
+local run_child = H.run_child
 
 -- x (shape), w, b (C) from a seed; which = "wb", "w", "b" or "" picks the affine parts
 local function inputs(shape, seed, which)

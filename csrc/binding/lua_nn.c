@@ -26,25 +26,22 @@ static int l_linear(lua_State *L) {
   return result(L, df_linear(slot, x, w, b));
 }
 
-static int l_group_norm(lua_State *L) {
+typedef df_status (*group_norm_fn)(df_tensor **out, const df_tensor *x, int groups, const df_tensor *w,
+                                   const df_tensor *b, float eps);
+
+/* (x, groups [, w [, b [, eps]]]) for group_norm and group_norm_silu */
+static int group_norm_call(lua_State *L, group_norm_fn op) {
   df_tensor *x = check_tensor(L, 1);
   lua_Integer groups = luaL_checkinteger(L, 2);
   df_tensor *w = opt_tensor(L, 3), *b = opt_tensor(L, 4);
   float eps = opt_eps(L, 5);
   if (groups < INT32_MIN || groups > INT32_MAX) luaL_argerror(L, 2, "groups out of range");
   df_tensor **slot = new_slot(L);
-  return result(L, df_group_norm(slot, x, (int)groups, w, b, eps));
+  return result(L, op(slot, x, (int)groups, w, b, eps));
 }
 
-static int l_group_norm_silu(lua_State *L) {
-  df_tensor *x = check_tensor(L, 1);
-  lua_Integer groups = luaL_checkinteger(L, 2);
-  df_tensor *w = opt_tensor(L, 3), *b = opt_tensor(L, 4);
-  float eps = opt_eps(L, 5);
-  if (groups < INT32_MIN || groups > INT32_MAX) luaL_argerror(L, 2, "groups out of range");
-  df_tensor **slot = new_slot(L);
-  return result(L, df_group_norm_silu(slot, x, (int)groups, w, b, eps));
-}
+static int l_group_norm(lua_State *L) { return group_norm_call(L, df_group_norm); }
+static int l_group_norm_silu(lua_State *L) { return group_norm_call(L, df_group_norm_silu); }
 
 /* normalized_shape: an integer or a table of them, equal to x's trailing dims */
 static int check_normalized_shape(lua_State *L, int arg, const df_tensor *x) {
