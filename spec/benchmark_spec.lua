@@ -89,15 +89,21 @@ describe("examples/benchmark.lua", function()
     assert.matches("OpenBLAS: [^\n]*core %S+", out)
     assert.matches("CPU: widest SIMD " .. D.cpu_simd() .. "; FMA peak %(GFLOP/s[^\n]*%): 1 thread %d+", out)
     assert.matches("\nmodel +thr +row +ours img/s +torch +ratio +ours GF/s +torch +ours %%pk +torch +ours MiB", out)
-    -- our figures are numbers, torch's columns are empty
-    local rate, gf, pct, mib = out:match("\ntiny +1 +train b2 +([%d.]+) +%- +%- +([%d.]+) +%- +([%d.]+) +%- +(%d+) +%- +%-")
+    -- our figures are numbers, torch's columns are empty; GF/s and % of peak
+    -- need the reference's FLOP count, "-" where its Python can't run (under
+    -- the sanitizers' LD_PRELOAD)
+    local rate, gf, pct, mib = out:match("\ntiny +1 +train b2 +([%d.]+) +%- +%- +([%d.-]+) +%- +([%d.-]+) +%- +(%d+) +%- +%-")
     assert.is_truthy(rate, out)
-    assert.is_true(tonumber(rate) > 0 and tonumber(gf) > 0 and tonumber(pct) > 0 and tonumber(mib) > 0, out)
+    assert.is_true(tonumber(rate) > 0 and tonumber(mib) > 0, out)
+    assert.are.equal(gf == "-", pct == "-", out)
+    if gf ~= "-" then assert.is_true(tonumber(gf) > 0 and tonumber(pct) > 0, out) end
+    local sanitized = (os.getenv("LD_PRELOAD") or ""):find("libasan", 1, true) ~= nil
     assert.matches("\ntiny +1 +sample 2x2 +[%d.]+ +%-", out)
     -- the training rows hold the images as bytes, the dataset's 61.4 MB (58.6 MiB):
     -- a float copy alone would be 245.8 MB (234.4 MiB)
     if out:find("training data: ours: fashion-mnist", 1, true) then
-      assert.is_true(tonumber(mib) > 58.6 and tonumber(mib) < 234.4, out)
+      -- (AddressSanitizer's shadow memory and quarantine lift RSS past any bound of ours)
+      assert.is_true(tonumber(mib) > 58.6 and (sanitized or tonumber(mib) < 234.4), out)
     else
       assert.matches("training data: ours: synthetic", out)
     end
