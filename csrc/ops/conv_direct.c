@@ -1,16 +1,18 @@
 /* conv_direct.c — direct AVX-512 convolution for stride 1, dilation 1,
- * one group, 1x1 and 3x3 kernels: every convolution of the U-Net.
+ * one group, 1x1 and 3x3 kernels: every convolution of the U-Net but its
+ * two downsampling ones.
  *
  * Why not im2col + GEMM here: at the U-Net's sizes (32-128 channels, 8x8 to
  * 32x32 planes) the copies around the product — the column matrix, BLAS's
  * own packing of it, col2im, reordering the chunk's output — cost as much
  * as the multiply-adds. These kernels read the image in place instead.
  *
- * An output plane is cut into vectors of 16 positions along a row (a row of
- * 8 is one vector with 8 live lanes). For each vector and each kernel tap
- * (ki, kj) a table holds where the 16 input values start in the input plane
- * and which lanes are inside it (the others read as zero: the padding). The
- * table is built once per call and serves every image and channel.
+ * An output plane is cut into vectors of 16 positions along a row; a plane
+ * narrower than 16 packs several rows into one vector (see map_init). For
+ * each vector and each kernel tap (ki, kj) a table holds where the 16 input
+ * values start in the input plane and which lanes are inside it (the others
+ * read as zero: the padding). The table is built once per call and serves
+ * every image and channel.
  *
  *   forward      8 output channels x 3 vectors of accumulators (24 zmm);
  *                per input channel and tap: 3 masked loads, 8 broadcast
@@ -18,8 +20,8 @@
  *   grad input   the same kernel over dy with the weights transposed and
  *                flipped (stride 1: dx = conv(dy, flip(w)ᵀ), padding k-1-p).
  *   grad weight  vectors over 32 output channels x 12 (channel, tap)
- *                pairs, from dy transposed and x zero-padded per image
- *                (see "grad weight" below).
+ *                pairs, from dy transposed and x zero-padded per chunk of
+ *                images (see "grad weight" below).
  * Tasks cut work by shape only, so results are bitwise the same whatever
  * the thread count. */
 #include "conv_direct.h"
@@ -66,6 +68,8 @@ bool conv_direct_applies(int64_t kh, int64_t kw, const int stride[2], const int 
  * convolution (one output channel) would fill them with one, so it goes
  * through im2col + GEMM. */
 bool conv_direct_grad_weight_applies(const direct_geom *g) { return g->o >= DW_MIN_OUT; }
+
+#ifdef DIRECT_X86 /* the rest needs the vector unit; elsewhere the two entry points refuse */
 
 /* ---- the plane map: where each vector's taps read ---------------------- */
 
@@ -125,8 +129,6 @@ static df_status map_init(plane_map *m, int64_t ih, int64_t iw, int64_t oh, int6
   }
   return DF_OK;
 }
-
-#ifdef DIRECT_X86
 
 /* lane 0 of a tap may sit before its plane (off = -1, lane masked): the
  * address is formed as an integer so no out-of-object pointer exists in C */
@@ -231,8 +233,6 @@ __attribute__((target("avx512f"))) static void fwd_task(int64_t task, void *arg)
   }
 }
 
-#endif /* DIRECT_X86 */
-
 /* weights (O, C, kh, kw) -> (O / 8, C, taps, 8), zero-padded; for the input
  * gradient (flip_transpose), the weight (C', O', kh, kw) of the convolution
  * being differentiated gives w'[o][c][t] = w[c][o][taps - 1 - t] */
@@ -249,6 +249,8 @@ static void pack_weights(const float *w, int64_t o_count, int64_t c_count, int64
           wpk[((ob * c_count + c) * taps + t) * OUT_BLOCK + i] = v;
         }
 }
+
+#endif /* DIRECT_X86 */
 
 df_status conv_direct_forward(const direct_geom *g, const float *x, const float *w, bool flip_transpose,
                               const float *bias, float *y) {
@@ -297,6 +299,8 @@ df_status conv_direct_forward(const direct_geom *g, const float *x, const float 
  * registers — and writes the chunk's own partial sums (C, taps, O). The
  * chunks' sums are added in chunk order at the end, so the result does not
  * depend on the thread count, and no task waits for another. */
+
+#ifdef DIRECT_X86
 
 #define DW_OUT 32                 /* output channels per tile: 2 vectors */
 #define DW_PAIRS 12               /* (input channel, tap) pairs per tile */
@@ -348,8 +352,6 @@ static void dw_copy_image(const dw_job *j, int64_t n, int64_t b, float *xpad, fl
         for (int64_t o = o0; o < o0 + 16; o++) row[o] = o < g->o ? src[o * j->l + p] : 0.0f;
       }
 }
-
-#ifdef DIRECT_X86
 
 #define PAIRS(M) M(0, 0) M(0, 1) M(0, 2) M(1, 0) M(1, 1) M(1, 2) M(2, 0) M(2, 1) M(2, 2) M(3, 0) M(3, 1) M(3, 2)
 #define DWO_DECL(i, k) __m512 s##i##k##_0 = _mm512_setzero_ps(), s##i##k##_1 = s##i##k##_0;
@@ -417,8 +419,6 @@ static void dw_chunk_task(int64_t chunk, void *arg) {
   df_buffer_put(xpad, capacity);
 }
 
-#endif /* DIRECT_X86 */
-
 typedef struct {
   float *partial; /* chunk 0's rows become the totals */
   float *dw;
@@ -437,6 +437,8 @@ static void dw_out_task(int64_t row, void *arg) {
   }
   for (int64_t o = 0; o < j->o; o++) j->dw[o * j->c * j->taps + row] = sum[o];
 }
+
+#endif /* DIRECT_X86 */
 
 df_status conv_direct_grad_weight(const direct_geom *g, const float *x, const float *dy, float *dw) {
 #ifdef DIRECT_X86
