@@ -15,6 +15,18 @@ local ABS_NEAR_ZERO = 1e-7 -- where a gradient cancels (see below): the bound on
 
 local run_child = H.run_child
 
+-- for child chunks: fnv(t) -> a FNV-1a hash of a tensor's float bits, so
+-- two processes' results compare as a few numbers
+local FNV = [[
+  local function fnv(t)
+    local h = 2166136261
+    for _, v in ipairs(t:flatten():totable()) do
+      h = ((h ~ string.unpack("<I4", string.pack("<f", v))) * 16777619) & 0xffffffff
+    end
+    return h
+  end
+]]
+
 -- The accuracy bounds every SIMD form must meet, from A.measure's results.
 local function assert_accurate(results, form)
   for _, name in ipairs { "exp", "sigmoid", "silu" } do
@@ -128,15 +140,9 @@ describe("the vector activations", function()
       local leaf = x:detach():requires_grad_()
       D.silu(leaf):backward(D.linspace(-1, 1, 100003))
       local outs = { D.exp(x), D.sigmoid(x), D.silu(x), leaf.grad }
-      for _, t in ipairs(outs) do
-        local h = 2166136261
-        for _, v in ipairs(t:totable()) do
-          h = ((h ~ string.unpack("<I4", string.pack("<f", v))) * 16777619) & 0xffffffff
-        end
-        io.write(h, " ")
-      end
+      for _, t in ipairs(outs) do io.write(fnv(t), " ") end
     ]]
-    local widest, avx2 = run_child("", code), run_child("DIFFUSION_SIMD=avx2", code)
+    local widest, avx2 = run_child("", FNV .. code), run_child("DIFFUSION_SIMD=avx2", FNV .. code)
     assert.is_truthy(widest:match("^%d+ %d+ %d+ %d+ $"), widest)
     assert.are.equal(widest, avx2)
   end)
@@ -258,15 +264,9 @@ describe("group_norm's vectorised passes", function()
       local w, b = D.randn({ 64 }, g):requires_grad_(), D.randn({ 64 }, g):requires_grad_()
       local y = D.group_norm(x, 16, w, b)
       y:backward(D.randn(shape, g))
-      for _, t in ipairs { y:detach(), x.grad, w.grad, b.grad } do
-        local h = 2166136261
-        for _, v in ipairs(t:flatten():totable()) do
-          h = ((h ~ string.unpack("<I4", string.pack("<f", v))) * 16777619) & 0xffffffff
-        end
-        io.write(h, " ")
-      end
+      for _, t in ipairs { y:detach(), x.grad, w.grad, b.grad } do io.write(fnv(t), " ") end
     ]]
-    local widest, portable = run_child("", code), run_child("DIFFUSION_SIMD=scalar", code)
+    local widest, portable = run_child("", FNV .. code), run_child("DIFFUSION_SIMD=scalar", FNV .. code)
     assert.is_truthy(widest:match("^%d+ %d+ %d+ %d+ $"), widest)
     assert.are.equal(widest, portable)
   end)
