@@ -599,5 +599,8 @@ void df_debug_corrupt_backward(const char *name, float factor);
  * can compare the direct kernels (ops/conv_direct.c) against it; returns
  * whether the direct kernels can run on this CPU at all. */
 bool df_debug_conv_direct(bool on);
+/* Test hook: on = false sends 3x3 convolutions the Winograd kernel would
+ * take to the direct one instead; returns whether the CPU can run it. */
+bool df_debug_conv_winograd(bool on);
 
 #endif

@@ -7,6 +7,8 @@
 -- a gradient check on the direct path. D._debug.conv_direct(false) sends
 -- conv2d through im2col + GEMM; on a CPU without AVX-512 both runs take that
 -- path and the comparisons hold trivially (the spec says which it ran).
+-- The Winograd kernel (spec/conv_winograd_spec.lua) is off here, so the 3x3
+-- "same" shapes it would take test the direct kernels too.
 local D = require "diffusion"
 local H = require "helpers"
 
@@ -56,6 +58,9 @@ local SHAPES = {
 }
 
 describe("conv2d direct kernels", function()
+  setup(function() D._debug.conv_winograd(false) end)
+  teardown(function() D._debug.conv_winograd(true) end)
+
   it("say whether this CPU runs them", function()
     assert.is_boolean(direct_available)
     print(("\n    (direct convolution kernels on this CPU: %s)"):format(direct_available and "yes" or "no, GEMM only"))

@@ -89,6 +89,7 @@ static int l_reset(lua_State *L) {
   df_alloc_fail_at(0);
   lua_hook_off(L);
   df_debug_conv_direct(true);
+  df_debug_conv_winograd(true);
   return 0;
 }
 
@@ -98,11 +99,17 @@ static int l_conv_direct(lua_State *L) {
   return 1;
 }
 
+static int l_conv_winograd(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TBOOLEAN);
+  lua_pushboolean(L, df_debug_conv_winograd(lua_toboolean(L, 1)));
+  return 1;
+}
+
 void df_lua_open_debug(lua_State *L, int module, int methods) {
   (void)methods;
   static const luaL_Reg hooks[] = {
       {"fail_alloc_at", l_fail_alloc_at}, {"alloc_pending", l_alloc_pending}, {"reset", l_reset},
-      {"conv_direct", l_conv_direct}, {NULL, NULL}};
+      {"conv_direct", l_conv_direct}, {"conv_winograd", l_conv_winograd}, {NULL, NULL}};
   luaL_newlib(L, hooks);
   lua_setfield(L, module, "_debug");
 }

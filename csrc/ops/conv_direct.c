@@ -255,6 +255,7 @@ static void pack_weights(const float *w, int64_t o_count, int64_t c_count, int64
 df_status conv_direct_forward(const direct_geom *g, const float *x, const float *w, bool flip_transpose,
                               const float *bias, float *y) {
 #ifdef DIRECT_X86
+  if (conv_winograd_applies(g)) return conv_winograd_forward(g, x, w, flip_transpose, bias, y);
   plane_map m;
   df_status st = map_init(&m, g->h, g->w, g->oh, g->ow, g->kh, g->kw, g->ph, g->pw);
   if (st) return st;

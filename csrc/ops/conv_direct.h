@@ -37,4 +37,11 @@ bool conv_direct_grad_weight_applies(const direct_geom *g);
  * overwritten. Summed in an order fixed by the shapes alone. */
 df_status conv_direct_grad_weight(const direct_geom *g, const float *x, const float *dy, float *dw);
 
+/* Winograd F(2x2, 3x3) (ops/conv_winograd.c): for 3x3 convolutions with
+ * padding 1 on planes it can cut into vectors of 16 tiles; conv_direct_forward
+ * hands those to it. Same contract as conv_direct_forward. */
+bool conv_winograd_applies(const direct_geom *g);
+df_status conv_winograd_forward(const direct_geom *g, const float *x, const float *w, bool flip_transpose,
+                                const float *bias, float *y);
+
 #endif
