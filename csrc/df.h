@@ -46,16 +46,15 @@ void *df_calloc(size_t n, size_t size);
 void df_free(void *p);
 /* Tensor buffers: large ones are recycled through a bounded cache, because
  * fresh pages cost a page fault each. *capacity receives the usable size.
- * The cache holds up to 1 GiB or the peak of live tensor bytes, whichever is
- * more: a training step's activations come back from it whole next step. */
+ * The buffers out and the cache together stay within 1.5 times the most
+ * ever out at once: a training step's buffers come back from it the next
+ * step, and the resident memory stays near the step's own peak. */
 void *df_buffer_get(size_t bytes, bool zero, size_t *capacity);
 void df_buffer_put(void *p, size_t capacity);
 size_t df_buffer_cache_clear(void); /* returns the bytes given back */
 size_t df_buffer_cache_bytes(void);
 /* Bytes held by live tensor storages (the binding reports them to Lua's GC). */
 size_t df_live_bytes(void);
-/* The most df_live_bytes has been since the start. */
-size_t df_peak_live_bytes(void);
 /* Bytes of tensor storage allocated since the start (never decreases). */
 size_t df_allocated_bytes(void);
 /* Test hook: the n-th allocation from now fails (n >= 1); 0 turns it off. */
@@ -561,6 +560,12 @@ struct df_node {
   double scalar[4]; /* op parameters */
   int64_t iarg[2 * DF_MAX_DIMS];
   void *extra; /* op-owned data, freed with df_free */
+  /* Recomputation instead of keeping a result: an op that can run its
+   * forward again from what it saved sets forward_again; a consumer that
+   * would save that result marks the slot with the input's index + 1 in
+   * recompute and leaves saved[slot] empty (df_node_save_input). */
+  df_status (*forward_again)(df_node *self, df_tensor **out);
+  signed char recompute[DF_NODE_MAX_SAVED];
   /* during backward */
   df_tensor *pending;
   int dependencies;
@@ -580,6 +585,16 @@ bool df_any_needs_grad(int n, const df_tensor *const *ts);
 df_status df_autograd_record(df_tensor *out, const char *name, df_backward_fn backward, int ninputs,
                              const df_tensor *const *inputs, df_node **node);
 df_status df_node_save(df_node *node, int slot, const df_tensor *t);
+/* Saves input `input` in `slot` — or, when that input is the fresh result
+ * of an op with forward_again (group_norm_silu, say), only a note to
+ * recompute it in backward: a conv2d after a fused GroupNorm+SiLU then
+ * keeps no copy of its input. */
+df_status df_node_save_input(df_node *node, int slot, int input, const df_tensor *t);
+/* The tensor in `slot` (a new reference): the saved one, or recomputed by
+ * its producer (whose own saved tensors are checked first). */
+df_status df_node_saved(df_node *node, int slot, df_tensor **out);
+/* producer->forward_again, its saved tensors checked, with grad mode off */
+df_status df_node_forward_again(df_node *producer, df_tensor **out);
 bool df_node_needs_grad(const df_node *node, int input);
 void df_node_retain(df_node *node);
 void df_node_release(df_node *node);

@@ -367,16 +367,17 @@ describe("a U-Net forward in training mode", function()
   it("keeps per ResBlock only what its backward reads", function()
     -- One level (no resampling), so one more res_block adds one ResBlock
     -- going down (C -> C) and one going up (cat 2C -> C, with a 1x1 skip
-    -- conv), all at S x S. In units of A, what their backward reads:
-    --   down: conv1's input silu(gn1(x)) 1, gn2's input 1, conv2's input
-    --         (dropout's output) 1, the block's output (a skip) 1      = 4
-    --   up:   the cat (gn1's and the skip conv's input) 2, conv1's
-    --         input 2, gn2's input 1, conv2's input 1                  = 6
-    -- (gn1's own input is the previous block's output, counted there; the
-    -- adds keep nothing) plus (N, 4C)-sized time embeddings. Unfused gn +
-    -- silu, a kept dropout mask and adds that kept their operands made it 22.
+    -- conv), all at S x S. In units of A, what their backward keeps:
+    --   down: gn2's input 1, the block's output (a skip) 1              = 2
+    --   up:   the cat (gn1's and the skip conv's input) 2, gn2's input 1 = 3
+    -- The convolutions' inputs (silu(gn1(x)), and dropout(silu(gn2(h))))
+    -- are recomputed in backward from what the GroupNorms keep; gn1's own
+    -- input is the previous block's output, counted there; the adds keep
+    -- nothing; plus (N, 4C)-sized time embeddings. Unfused gn + silu, a kept
+    -- dropout mask and adds that kept their operands made it 22; keeping
+    -- the convolutions' inputs, 10.
     local extra = kept(2, 0.1) - kept(1, 0.1)
-    local bound = 10 * A + N * 4 * C * 4 * 8
+    local bound = 5 * A + N * 4 * C * 4 * 8
     assert.is_true(extra <= bound, ("one more res_block keeps %.3f A, bound %.3f A"):format(extra / A, bound / A))
   end)
 
@@ -395,6 +396,85 @@ describe("a U-Net forward in training mode", function()
     end
     local one, two = grads(1), grads(2)
     for i = 1, #one do assert_bitwise(two[i], one[i], "parameter " .. i) end
+  end)
+end)
+
+--- inputs recomputed in backward --------------------------------------------------
+
+describe("a convolution after group_norm_silu (and dropout)", function()
+  local shape, numel = { 2, 8, 8, 8 }, 2 * 8 * 8 * 8
+
+  -- x.grad, w.grad, conv weight and bias grads of conv(f(group_norm_silu(x)))
+  local function grads(between, seed)
+    local x, w, b = inputs(shape, seed)
+    x:requires_grad_()
+    w:requires_grad_()
+    local cw, cb = (D.randn({ 6, 8, 3, 3 }, gen(seed + 1)) * 0.2):requires_grad_(), D.zeros({ 6 }):requires_grad_()
+    local y = D.conv2d(between(D.group_norm_silu(x, 4, w, b)), cw, cb, { padding = 1 })
+    y:backward(D.randn(y:shape(), gen(seed + 2)))
+    return { x.grad, w.grad, cw.grad, cb.grad }
+  end
+
+  it("keeps no copy of its input: the forward adds just its output's bytes", function()
+    local x, w, b = inputs(shape, 50)
+    x:requires_grad_()
+    local cw = D.randn({ 6, 8, 3, 3 }, gen(51)):requires_grad_()
+    local m0 = H.settled()
+    local y = D.conv2d(D.group_norm_silu(x, 4, w, b), cw, nil, { padding = 1 })
+    assert.are.equal(m0 + 4 * 2 * 6 * 8 * 8, H.settled())
+    -- after a view of it, the convolution keeps the view's storage
+    y = D.conv2d(D.group_norm_silu(x, 4, w, b):view(shape), cw, nil, { padding = 1 })
+    assert.are.equal(m0 + 4 * 2 * 6 * 8 * 8 + 4 * numel, H.settled())
+    y = nil
+    assert.are.equal(m0, H.settled())
+  end)
+
+  it("gives bitwise the gradients it gives when the input is kept", function()
+    -- x * 1 is x exactly, but its product is no op that can run again: the
+    -- convolution keeps it, as before the recomputation existed
+    local kept = grads(function(h) return h * 1 end, 60)
+    local again = grads(function(h) return h end, 60)
+    for i = 1, 4 do assert_bitwise(again[i], kept[i], "gradient " .. i) end
+  end)
+
+  it("recomputes dropout's output too, with the same mask (training and eval mode)", function()
+    for _, train in ipairs { true, false } do
+      local kept = grads(function(h) return D.dropout(h * 1, 0.3, train, gen(70)) end, 61)
+      local again = grads(function(h) return D.dropout(h, 0.3, train, gen(70)) end, 61)
+      for i = 1, 4 do assert_bitwise(again[i], kept[i], ("gradient %d (train %s)"):format(i, train)) end
+    end
+    local x, w, b = inputs(shape, 62)
+    x:requires_grad_()
+    local cw = D.randn({ 6, 8, 3, 3 }, gen(63)):requires_grad_()
+    local m0 = H.settled()
+    local y = D.conv2d(D.dropout(D.group_norm_silu(x, 4, w, b), 0.3, true, gen(64)), cw, nil, { padding = 1 })
+    assert.are.equal(m0 + 4 * 2 * 6 * 8 * 8, H.settled())
+    y = nil
+  end)
+
+  it("backward twice with retain_graph gives the same gradients twice", function()
+    local x, w, b = inputs(shape, 80)
+    x:requires_grad_()
+    local cw = D.randn({ 6, 8, 3, 3 }, gen(81)):requires_grad_()
+    local y = D.conv2d(D.dropout(D.group_norm_silu(x, 4, w, b), 0.3, true, gen(82)), cw, nil, { padding = 1 })
+    local gy = D.randn(y:shape(), gen(83))
+    y:backward(gy, true)
+    local first, firstw = x.grad:clone(), cw.grad:clone()
+    x.grad, cw.grad = nil, nil
+    y:backward(gy)
+    assert_bitwise(x.grad, first, "x.grad")
+    assert_bitwise(cw.grad, firstw, "conv weight grad")
+    H.assert_error_matching("freed", function() y:backward(gy) end)
+  end)
+
+  it("refuses a backward after the GroupNorm's input changed in place", function()
+    local x, w, b = inputs(shape, 90)
+    local leaf = x:clone():requires_grad_()
+    local xin = leaf * 1
+    local cw = D.randn({ 6, 8, 3, 3 }, gen(91)):requires_grad_()
+    local y = D.conv2d(D.group_norm_silu(xin, 4, w, b), cw, nil, { padding = 1 })
+    D.no_grad(function() xin:add_(1) end)
+    H.assert_error_with({ "group_norm_silu", "modified in place" }, function() y:sum():backward() end)
   end)
 end)
 

@@ -111,6 +111,34 @@ df_status df_node_save(df_node *node, int slot, const df_tensor *t) {
   return DF_OK;
 }
 
+df_status df_node_save_input(df_node *node, int slot, int input, const df_tensor *t) {
+  if (slot < 0 || slot >= DF_NODE_MAX_SAVED) return df_error(DF_EINVAL, "%s: bad saved-tensor slot %d", node->name, slot);
+  df_node *producer = input >= 0 && input < node->ninputs ? node->inputs[input].node : NULL;
+  if (!producer || !producer->forward_again || t->grad_fn != producer) return df_node_save(node, slot, t);
+  df_tensor_release(node->saved[slot]);
+  node->saved[slot] = NULL;
+  node->recompute[slot] = (signed char)(input + 1);
+  return DF_OK;
+}
+
+static df_status check_saved(const df_node *n);
+
+df_status df_node_forward_again(df_node *producer, df_tensor **out) {
+  df_status st = check_saved(producer);
+  if (st) return st;
+  bool previous = df_set_grad_enabled(false);
+  st = producer->forward_again(producer, out);
+  df_set_grad_enabled(previous);
+  return st;
+}
+
+df_status df_node_saved(df_node *node, int slot, df_tensor **out) {
+  if (node->recompute[slot]) return df_node_forward_again(node->inputs[node->recompute[slot] - 1].node, out);
+  df_tensor_retain(node->saved[slot]);
+  *out = node->saved[slot];
+  return DF_OK;
+}
+
 bool df_node_needs_grad(const df_node *node, int input) {
   return input >= 0 && input < node->ninputs && (node->inputs[input].node || node->inputs[input].leaf);
 }

@@ -36,10 +36,10 @@ void df_free(void *p) { free(p); }
  * Large tensor buffers are kept after release and handed out again for a
  * request of about the same size. Fresh pages cost a page fault each (on
  * some machines more than the arithmetic done on them), and training and
- * sampling loops ask for the same sizes every step. Bounded by 1 GiB or
- * the peak of live tensor bytes, whichever is more (so a step's activations
- * fit and the peak RSS stays about that peak); emptied by
- * df_buffer_cache_clear. Off under AddressSanitizer, which must see frees. */
+ * sampling loops ask for the same sizes every step. A request takes the
+ * smallest cached buffer that fits it (at most a quarter larger); what the
+ * cache may keep is bounded by budget() below; df_buffer_cache_clear
+ * empties it. Off under AddressSanitizer, which must see frees. */
 #include <pthread.h>
 #include <string.h>
 
@@ -57,25 +57,61 @@ static struct {
   void *ptr[CACHE_SLOTS];
   size_t bytes[CACHE_SLOTS];
   int count;
-  size_t total, limit;
-} cache = {.lock = PTHREAD_MUTEX_INITIALIZER, .limit = (size_t)1 << 30};
+  size_t total;             /* bytes in the cache */
+  size_t held, peak_held;   /* bytes of cacheable size handed out and not back yet; their peak */
+} cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* What the buffers handed out and the cache may hold together: half as
+ * much again as the most ever handed out at once. A training step's
+ * buffers come back from the cache the next step; the half covers the mix
+ * of sizes changing over a step (the sizes live at the forward's peak are
+ * not those at the backward's), so a steady loop takes no fresh pages,
+ * while the resident memory stays near the peak the step needs: a buffer
+ * beyond that is given back (the oldest first) rather than kept. */
+static size_t budget(void) { return cache.peak_held + cache.peak_held / 2; }
+
+static void hold(size_t bytes) {
+  cache.held += bytes;
+  if (cache.held > cache.peak_held) cache.peak_held = cache.held;
+}
+
+static void evict_oldest(void) {
+  free(cache.ptr[0]);
+  cache.total -= cache.bytes[0];
+  cache.count--;
+  memmove(cache.ptr, cache.ptr + 1, sizeof(void *) * (size_t)cache.count);
+  memmove(cache.bytes, cache.bytes + 1, sizeof(size_t) * (size_t)cache.count);
+}
+
+/* make room for `bytes` more (a new buffer, or one entering the cache) */
+static void evict_for(size_t bytes) {
+  while (cache.count > 0 && cache.total + bytes + cache.held > budget()) evict_oldest();
+}
 
 void *df_buffer_get(size_t bytes, bool zero, size_t *capacity) {
   *capacity = bytes;
   if (CACHE_ENABLED && bytes >= CACHE_MIN_BYTES) {
     void *hit = NULL;
     pthread_mutex_lock(&cache.lock);
-    for (int i = cache.count - 1; i >= 0; i--) {
-      /* accept up to a quarter more than asked, so memory isn't wasted */
-      if (cache.bytes[i] >= bytes && cache.bytes[i] - bytes <= bytes / 4) {
-        hit = cache.ptr[i];
-        *capacity = cache.bytes[i];
-        cache.total -= cache.bytes[i];
-        cache.count--;
-        cache.ptr[i] = cache.ptr[cache.count];
-        cache.bytes[i] = cache.bytes[cache.count];
-        break;
-      }
+    /* the smallest that fits, and at most a quarter more than asked (so
+     * memory isn't wasted): a larger one stays for the request it fits */
+    int best = -1;
+    for (int i = cache.count - 1; i >= 0; i--)
+      if (cache.bytes[i] >= bytes && cache.bytes[i] - bytes <= bytes / 4 &&
+          (best < 0 || cache.bytes[i] < cache.bytes[best]))
+        best = i;
+    if (best >= 0) {
+      hit = cache.ptr[best];
+      *capacity = cache.bytes[best];
+      cache.total -= cache.bytes[best];
+      cache.count--;
+      /* keep the rest in age order: the oldest go first */
+      memmove(cache.ptr + best, cache.ptr + best + 1, sizeof(void *) * (size_t)(cache.count - best));
+      memmove(cache.bytes + best, cache.bytes + best + 1, sizeof(size_t) * (size_t)(cache.count - best));
+      hold(*capacity);
+    } else {
+      evict_for(bytes);
+      hold(bytes);
     }
     pthread_mutex_unlock(&cache.lock);
     if (hit) {
@@ -87,24 +123,23 @@ void *df_buffer_get(size_t bytes, bool zero, size_t *capacity) {
       return hit;
     }
   }
-  return zero ? df_calloc(bytes, 1) : df_malloc(bytes);
+  void *fresh = zero ? df_calloc(bytes, 1) : df_malloc(bytes);
+  if (!fresh && CACHE_ENABLED && bytes >= CACHE_MIN_BYTES) {
+    pthread_mutex_lock(&cache.lock);
+    cache.held -= bytes;
+    pthread_mutex_unlock(&cache.lock);
+  }
+  return fresh;
 }
 
 void df_buffer_put(void *p, size_t capacity) {
   if (!p) return;
   if (CACHE_ENABLED && capacity >= CACHE_MIN_BYTES) {
     pthread_mutex_lock(&cache.lock);
-    /* make room: drop the oldest entries */
-    /* as much as was ever live at once: a step's buffers all come back next step */
-    size_t peak = df_peak_live_bytes(), limit = peak > cache.limit ? peak : cache.limit;
-    while (cache.count > 0 && (cache.count == CACHE_SLOTS || cache.total + capacity > limit)) {
-      free(cache.ptr[0]);
-      cache.total -= cache.bytes[0];
-      cache.count--;
-      memmove(cache.ptr, cache.ptr + 1, sizeof(void *) * (size_t)cache.count);
-      memmove(cache.bytes, cache.bytes + 1, sizeof(size_t) * (size_t)cache.count);
-    }
-    if (capacity <= limit) {
+    cache.held -= capacity;
+    if (cache.count == CACHE_SLOTS) evict_oldest();
+    evict_for(capacity);
+    if (cache.total + capacity + cache.held <= budget()) {
       cache.ptr[cache.count] = p;
       cache.bytes[cache.count] = capacity;
       cache.count++;

@@ -10,10 +10,9 @@
 /* ---- storage ------------------------------------------------------------ */
 
 #include <stdatomic.h>
-static atomic_size_t live_bytes, allocated_bytes, peak_live_bytes;
+static atomic_size_t live_bytes, allocated_bytes;
 
 size_t df_live_bytes(void) { return atomic_load(&live_bytes); }
-size_t df_peak_live_bytes(void) { return atomic_load(&peak_live_bytes); }
 size_t df_allocated_bytes(void) { return atomic_load(&allocated_bytes); }
 
 static df_storage *storage_new(int64_t numel, bool zero) {
@@ -28,10 +27,7 @@ static df_storage *storage_new(int64_t numel, bool zero) {
   s->numel = numel;
   s->refcount = 1;
   s->version = 0;
-  size_t live = atomic_fetch_add(&live_bytes, bytes) + bytes;
-  size_t peak = atomic_load(&peak_live_bytes);
-  while (live > peak && !atomic_compare_exchange_weak(&peak_live_bytes, &peak, live)) {
-  }
+  atomic_fetch_add(&live_bytes, bytes);
   atomic_fetch_add(&allocated_bytes, bytes);
   return s;
 }

@@ -367,7 +367,7 @@ static df_status bw_conv2d(df_node *node, const df_tensor *grad, df_tensor **gi)
   bool need_x = df_node_needs_grad(node, 0), need_w = df_node_needs_grad(node, 1);
   bool need_b = node->ninputs > 2 && df_node_needs_grad(node, 2);
   bool products = g.k > 0 && g.og > 0;
-  df_tensor *dout = NULL, *x = NULL, *w = NULL, *dx = NULL, *dw = NULL, *db = NULL;
+  df_tensor *dout = NULL, *saved_x = NULL, *x = NULL, *w = NULL, *dx = NULL, *dw = NULL, *db = NULL;
   float *col = NULL, *tmp = NULL;
   df_status st;
   int64_t chunk = chunk_images(&g);
@@ -379,7 +379,7 @@ static df_status bw_conv2d(df_node *node, const df_tensor *grad, df_tensor **gi)
   if (need_x && ((st = df_tensor_contiguous(&w, node->saved[1])) ||
                  (st = (gemm_x ? df_tensor_zeros : df_tensor_empty)(&dx, 4, ex->size))))
     goto done;
-  if (need_w && ((st = df_tensor_contiguous(&x, node->saved[0])) ||
+  if (need_w && ((st = df_node_saved(node, 0, &saved_x)) || (st = df_tensor_contiguous(&x, saved_x)) ||
                  (st = (gemm_w ? df_tensor_zeros : df_tensor_empty)(&dw, 4, ew->size))))
     goto done;
   if (need_b && (st = df_tensor_empty(&db, 1, &g.o))) goto done;
@@ -420,6 +420,7 @@ done:
   df_free(col);
   df_free(tmp);
   df_tensor_release(dout);
+  df_tensor_release(saved_x);
   df_tensor_release(x);
   df_tensor_release(w);
   if (st) {
@@ -457,7 +458,8 @@ df_status df_conv2d(df_tensor **out, const df_tensor *x, const df_tensor *w, con
     node->iarg[4] = p->dilation[0];
     node->iarg[5] = p->dilation[1];
     node->iarg[6] = p->groups;
-    if ((df_node_needs_grad(node, 1) && (st = df_node_save(node, 0, x))) ||
+    /* x may be recomputed in backward instead (after group_norm_silu, say) */
+    if ((df_node_needs_grad(node, 1) && (st = df_node_save_input(node, 0, 0, x))) ||
         (df_node_needs_grad(node, 0) && (st = df_node_save(node, 1, w))))
       goto fail;
   }

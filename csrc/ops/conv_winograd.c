@@ -312,7 +312,10 @@ df_status conv_winograd_forward(const direct_geom *g, const float *x, const floa
   int64_t tasks = df_get_num_threads() < blocks ? df_get_num_threads() : blocks;
   int64_t work_floats = WG_POINTS * (g->c + WG_OUT) * TVL + WG_LANES; /* + a cache line between tasks */
   int64_t upk_floats = out_blocks * WG_POINTS * g->c * WG_OUT, bias_floats = bias ? out_blocks * WG_OUT : 0;
-  float *mem = df_malloc(sizeof(float) * (size_t)(upk_floats + bias_floats + tasks * work_floats));
+  /* from the buffer cache: the same sizes come back every step, and fresh
+   * pages would cost a page fault each */
+  size_t capacity;
+  float *mem = df_buffer_get(sizeof(float) * (size_t)(upk_floats + bias_floats + tasks * work_floats), false, &capacity);
   if (!mem) return df_error(DF_ENOMEM, "conv2d: out of memory for the Winograd workspace");
   wg_job j = {.g = g, .x = x, .upk = mem, .y = y, .out_blocks = out_blocks, .vecs_per_image = vecs_per_image,
               .vecs = vecs, .blocks = blocks, .work = mem + upk_floats + bias_floats, .work_floats = work_floats};
@@ -324,7 +327,7 @@ df_status conv_winograd_forward(const direct_geom *g, const float *x, const floa
     j.bias = bp;
   }
   df_parallel_for(tasks, wg_task, &j);
-  df_free(mem);
+  df_buffer_put(mem, capacity);
   return DF_OK;
 #else
   (void)g, (void)x, (void)w, (void)flip_transpose, (void)bias, (void)y;

@@ -607,6 +607,18 @@ done:
   return DF_OK;
 }
 
+/* group_norm_silu's result again, bitwise, from its saved x, w and b: a
+ * consumer that needs it in backward (conv2d's weight gradient) keeps no
+ * copy of it (df_node_save_input) */
+static df_status norm_forward_again(df_node *n, df_tensor **out) {
+  int iw = (int)n->iarg[4], ib = (int)n->iarg[5];
+  float *stats = NULL;
+  df_status st = norm_forward(n->name, out, &stats, n->saved[0], iw >= 0 ? n->saved[1] : NULL,
+                              ib >= 0 ? n->saved[2] : NULL, n->iarg[0], n->iarg[2], n->iarg[3], (float)n->scalar[0], true);
+  df_free(stats);
+  return st;
+}
+
 static df_status norm_op(const char *name, df_tensor **out, const df_tensor *x, const df_tensor *w, const df_tensor *b,
                          int64_t rows, int64_t groups, int64_t span, float eps, bool silu) {
   bool previous = df_set_grad_enabled(false);
@@ -634,6 +646,8 @@ static df_status norm_op(const char *name, df_tensor **out, const df_tensor *x, 
   int64_t len = rows > 0 ? df_tensor_numel(x) / rows : 0;
   int64_t iargs[7] = {rows, len, groups, span, w ? 1 : -1, b ? (w ? 2 : 1) : -1, silu};
   memcpy(node->iarg, iargs, sizeof iargs);
+  node->scalar[0] = eps;
+  if (silu) node->forward_again = norm_forward_again;
   *out = y;
   return DF_OK;
 }
@@ -860,6 +874,32 @@ static df_status bw_dropout(df_node *n, const df_tensor *g, df_tensor **gi) {
   return DF_OK;
 }
 
+/* dropout's result again: its input recomputed by the op that made it,
+ * times the mask redrawn from the saved generator state (or the input
+ * itself, for dropout in eval mode or p = 0) */
+static df_status dropout_forward_again(df_node *n, df_tensor **out) {
+  df_tensor *x, *y;
+  df_status st = df_node_forward_again(n->inputs[0].node, &x);
+  if (st || n->backward == bw_identity) {
+    *out = st ? NULL : x;
+    return st;
+  }
+  df_generator at_forward;
+  memcpy(&at_forward.seed, &n->iarg[0], sizeof at_forward.seed);
+  memcpy(&at_forward.offset, &n->iarg[1], sizeof at_forward.offset);
+  if (!(st = df_tensor_empty(&y, x->ndim, x->size)) && (st = mask_times(y, x, (float)n->scalar[0], &at_forward)))
+    df_tensor_release(y);
+  df_tensor_release(x);
+  if (!st) *out = y;
+  return st;
+}
+
+/* when dropout's input can be recomputed, so can its result */
+static void dropout_may_recompute(df_node *node, const df_tensor *x) {
+  df_node *producer = node->inputs[0].node;
+  if (producer && producer->forward_again && x->grad_fn == producer) node->forward_again = dropout_forward_again;
+}
+
 df_status df_dropout(df_tensor **out, const df_tensor *x, float p, bool train, df_generator *g) {
   if (!(p >= 0.0f && p < 1.0f)) return df_error(DF_EINVAL, "dropout: p must be in [0, 1), got %g", (double)p);
   df_tensor *y = NULL;
@@ -871,6 +911,7 @@ df_status df_dropout(df_tensor **out, const df_tensor *x, float p, bool train, d
       df_tensor_release(y);
       return st;
     }
+    if (node) dropout_may_recompute(node, x);
     *out = y;
     return DF_OK;
   }
@@ -887,6 +928,7 @@ df_status df_dropout(df_tensor **out, const df_tensor *x, float p, bool train, d
     memcpy(&node->iarg[0], &before.seed, sizeof before.seed);
     memcpy(&node->iarg[1], &before.offset, sizeof before.offset);
     node->scalar[0] = p;
+    dropout_may_recompute(node, x);
   }
   *out = y;
   return DF_OK;
