@@ -47,8 +47,9 @@ void df_free(void *p);
 /* Tensor buffers: large ones are recycled through a bounded cache, because
  * fresh pages cost a page fault each. *capacity receives the usable size.
  * The buffers out and the cache together stay within 1.5 times the most
- * ever out at once: a training step's buffers come back from it the next
- * step, and the resident memory stays near the step's own peak. */
+ * ever out at once (or 1 GiB, if more): a training step's buffers come back
+ * from it the next step, and the resident memory stays near the step's own
+ * peak. */
 void *df_buffer_get(size_t bytes, bool zero, size_t *capacity);
 void df_buffer_put(void *p, size_t capacity);
 size_t df_buffer_cache_clear(void); /* returns the bytes given back */

@@ -62,13 +62,19 @@ static struct {
 } cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* What the buffers handed out and the cache may hold together: half as
- * much again as the most ever handed out at once. A training step's
- * buffers come back from the cache the next step; the half covers the mix
- * of sizes changing over a step (the sizes live at the forward's peak are
- * not those at the backward's), so a steady loop takes no fresh pages,
- * while the resident memory stays near the peak the step needs: a buffer
- * beyond that is given back (the oldest first) rather than kept. */
-static size_t budget(void) { return cache.peak_held + cache.peak_held / 2; }
+ * much again as the most ever handed out at once, and at least 1 GiB. A
+ * training step's buffers come back from the cache the next step; the
+ * half covers the mix of sizes changing over a step (the sizes live at the
+ * forward's peak are not those at the backward's), and the floor a
+ * sampling loop, whose few live buffers change size layer by layer. So a
+ * steady loop takes no fresh pages, while a large step's resident memory
+ * stays near the peak it needs: a buffer beyond that is given back (the
+ * oldest first) rather than kept. */
+#define BUDGET_FLOOR ((size_t)1 << 30)
+static size_t budget(void) {
+  size_t b = cache.peak_held + cache.peak_held / 2;
+  return b > BUDGET_FLOOR ? b : BUDGET_FLOOR;
+}
 
 static void hold(size_t bytes) {
   cache.held += bytes;

@@ -22,6 +22,10 @@
  *   grad weight  vectors over 32 output channels x 12 (channel, tap)
  *                pairs, from dy transposed and x zero-padded per chunk of
  *                images (see "grad weight" below).
+ * Two cases go elsewhere: 3x3 "same" convolutions on planes that cut into
+ * Winograd tiles (ops/conv_winograd.c, forward and input gradient), and 1x1
+ * convolutions on planes of whole vectors, a plain matrix product per image
+ * through the register tile of ops/conv_tile.h (see "1x1" below).
  * Tasks cut work by shape only, so results are bitwise the same whatever
  * the thread count. */
 #include "conv_direct.h"
@@ -33,7 +37,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define DIRECT_X86 1
-#include <immintrin.h>
+#include "conv_tile.h"
 #endif
 
 #define LANES 16
@@ -250,20 +254,68 @@ static void pack_weights(const float *w, int64_t o_count, int64_t c_count, int64
         }
 }
 
+/* ---- 1x1 over whole vectors: a plain matrix product per image -------------
+ * y[n] (O, P) = w (O, C) x[n] (C, P) + bias, P = H W a multiple of 16: the
+ * image is already the product's right-hand side, channels P floats apart,
+ * so the tile reads it in place, with no masks or tap table. A task takes
+ * one image and a block of up to 3 vectors of positions (the last 4 of a
+ * plane as 2 + 2), for every block of 8 output channels. */
+
+typedef struct {
+  const float *x, *wpk, *bias; /* wpk (O / 8, C, 8); bias padded to a multiple of 8, or NULL */
+  float *y;
+  int64_t c, o, out_blocks, plane, vecs, blocks; /* vecs and blocks per image */
+} pointwise_job;
+
+/* block b of a plane of `vecs` vectors: its first vector and its width */
+static int64_t pointwise_block(int64_t vecs, int64_t b, int *width) {
+  int64_t threes = vecs % VEC_BLOCK == 1 && vecs >= 4 ? (vecs - 4) / VEC_BLOCK : vecs / VEC_BLOCK;
+  if (b < threes) {
+    *width = VEC_BLOCK;
+    return b * VEC_BLOCK;
+  }
+  int64_t rest = vecs - threes * VEC_BLOCK; /* 0 .. 2, or 4 as 2 + 2 */
+  *width = rest == 4 ? 2 : (int)rest;
+  return threes * VEC_BLOCK + (b - threes) * 2;
+}
+
+static int64_t pointwise_blocks(int64_t vecs) {
+  int64_t threes = vecs % VEC_BLOCK == 1 && vecs >= 4 ? (vecs - 4) / VEC_BLOCK : vecs / VEC_BLOCK;
+  int64_t rest = vecs - threes * VEC_BLOCK;
+  return threes + (rest == 4 ? 2 : rest > 0);
+}
+
+__attribute__((target("avx512f"))) static void pointwise_task(int64_t task, void *arg) {
+  const pointwise_job *j = arg;
+  int64_t n = task / j->blocks;
+  int width;
+  int64_t p0 = pointwise_block(j->vecs, task % j->blocks, &width) * LANES;
+  const float *x = j->x + n * j->c * j->plane + p0;
+  for (int64_t ob = 0; ob < j->out_blocks; ob++) {
+    const float *u = j->wpk + ob * j->c * OUT_BLOCK, *b = j->bias ? j->bias + ob * OUT_BLOCK : NULL;
+    float *y = j->y + (n * j->o + ob * OUT_BLOCK) * j->plane + p0;
+    int rows = j->o - ob * OUT_BLOCK < OUT_BLOCK ? (int)(j->o - ob * OUT_BLOCK) : OUT_BLOCK;
+    if (width == 3) tile_product(u, x, j->plane, j->c, b, y, j->plane, rows, 3);
+    else if (width == 2) tile_product(u, x, j->plane, j->c, b, y, j->plane, rows, 2);
+    else tile_product(u, x, j->plane, j->c, b, y, j->plane, rows, 1);
+  }
+}
+
 #endif /* DIRECT_X86 */
 
 df_status conv_direct_forward(const direct_geom *g, const float *x, const float *w, bool flip_transpose,
                               const float *bias, float *y) {
 #ifdef DIRECT_X86
   if (conv_winograd_applies(g)) return conv_winograd_forward(g, x, w, flip_transpose, bias, y);
-  plane_map m;
-  df_status st = map_init(&m, g->h, g->w, g->oh, g->ow, g->kh, g->kw, g->ph, g->pw);
-  if (st) return st;
   int64_t blocks = (g->o + OUT_BLOCK - 1) / OUT_BLOCK, taps = g->kh * g->kw;
+  bool pointwise = taps == 1 && g->oh * g->ow % LANES == 0;
+  plane_map m = {.in = NULL};
   float *wpk = df_malloc(sizeof(float) * (size_t)(blocks * g->c * taps * OUT_BLOCK + blocks * OUT_BLOCK));
-  if (!wpk) {
-    df_free(m.in);
-    return df_error(DF_ENOMEM, "conv2d: out of memory for the packed weights");
+  if (!wpk) return df_error(DF_ENOMEM, "conv2d: out of memory for the packed weights");
+  df_status st = pointwise ? DF_OK : map_init(&m, g->h, g->w, g->oh, g->ow, g->kh, g->kw, g->ph, g->pw);
+  if (st) {
+    df_free(wpk);
+    return st;
   }
   float *bpk = NULL;
   pack_weights(w, g->o, g->c, taps, flip_transpose, wpk);
@@ -271,12 +323,20 @@ df_status conv_direct_forward(const direct_geom *g, const float *x, const float 
     bpk = wpk + blocks * g->c * taps * OUT_BLOCK;
     for (int64_t i = 0; i < blocks * OUT_BLOCK; i++) bpk[i] = i < g->o ? bias[i] : 0.0f;
   }
-  /* images x output blocks, and more tasks per plane when those are few */
-  int64_t tiles = (m.vecs + VEC_BLOCK - 1) / VEC_BLOCK, units = g->n * ((blocks + OB_GROUP - 1) / OB_GROUP), parts = 1;
-  while (units * parts < 16 && parts * 2 <= tiles) parts *= 2;
-  fwd_job j = {.m = &m, .x = x, .wpk = wpk, .bias = bpk, .y = y, .c = g->c, .o = g->o, .blocks = blocks,
-               .vec_parts = parts};
-  df_parallel_for(units * parts, fwd_task, &j);
+  if (pointwise) {
+    int64_t vecs = g->oh * g->ow / LANES;
+    pointwise_job pj = {.x = x, .wpk = wpk, .bias = bpk, .y = y, .c = g->c, .o = g->o, .out_blocks = blocks,
+                        .plane = g->oh * g->ow, .vecs = vecs, .blocks = pointwise_blocks(vecs)};
+    df_parallel_for(g->n * pj.blocks, pointwise_task, &pj);
+  } else {
+    /* images x output blocks, and more tasks per plane when those are few */
+    int64_t tiles = (m.vecs + VEC_BLOCK - 1) / VEC_BLOCK, units = g->n * ((blocks + OB_GROUP - 1) / OB_GROUP);
+    int64_t parts = 1;
+    while (units * parts < 16 && parts * 2 <= tiles) parts *= 2;
+    fwd_job j = {.m = &m, .x = x, .wpk = wpk, .bias = bpk, .y = y, .c = g->c, .o = g->o, .blocks = blocks,
+                 .vec_parts = parts};
+    df_parallel_for(units * parts, fwd_task, &j);
+  }
   df_free(wpk);
   df_free(m.in);
   return DF_OK;

@@ -15,7 +15,8 @@
  *            several short tile rows of a narrow plane — so each patch row
  *            is two plain loads and four lane permutations, no gathers.
  *   product  M[ξ] = U[ξ] V[ξ] for the 16 points ξ, a matrix product over
- *            the input channels: 8 outputs x 3 tile vectors of accumulators.
+ *            the input channels: 8 outputs x 3 tile vectors of accumulators
+ *            (ops/conv_tile.h).
  *   output   Y = Aᵀ M A (+ bias), interleaved back into output rows.
  *
  * A task takes a block of 3 tile vectors: it transforms their patches for
@@ -32,14 +33,16 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define WINOGRAD_X86 1
-#include <immintrin.h>
+#include "conv_tile.h"
 #endif
 
 #define WG_LANES 16
 #define WG_POINTS 16  /* ξ: the 4x4 Winograd domain */
-#define WG_OUT 8      /* output channels per product tile */
+#define WG_OUT TILE_OUT /* output channels per product tile */
 #define WG_VECS 3     /* tile vectors per block */
 #define WG_MAX_C 512  /* a block's transformed input stays within L2 */
+#define WG_MIN_C 8
+#define WG_MIN_O 8
 
 static int winograd_mode = 1; /* 1: where it applies; 0: never (tests compare the paths) */
 
@@ -54,7 +57,9 @@ bool df_debug_conv_winograd(bool on) {
 bool conv_winograd_applies(const direct_geom *g) {
   if (!winograd_mode || df_vmath_level_get() != DF_VMATH_AVX512) return false;
   if (g->kh != 3 || g->kw != 3 || g->ph != 1 || g->pw != 1 || g->oh != g->h || g->ow != g->w) return false;
-  if (g->h % 2 || g->w % 2 || g->c < 1 || g->c > WG_MAX_C || g->o < 1) return false;
+  /* with fewer than 8 input or output channels (a U-Net's first and last
+   * convolutions) the transforms cost more than they save */
+  if (g->h % 2 || g->w % 2 || g->c < WG_MIN_C || g->c > WG_MAX_C || g->o < WG_MIN_O) return false;
   int64_t tw = g->w / 2, th = g->h / 2;
   if (!(tw == 4 || tw == 8 || tw % WG_LANES == 0)) return false;
   return th * tw % WG_LANES == 0 && g->n * g->c * g->h * g->w < INT32_MAX;
@@ -241,36 +246,6 @@ __attribute__((target("avx512f"))) static void output_transform(const wg_job *j,
   }
 }
 
-/* ---- the product per point ξ ------------------------------------------------ */
-
-#define WG_ROW(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
-#define WG_DECL(o) __m512 a##o##_0 = _mm512_setzero_ps(), a##o##_1 = a##o##_0, a##o##_2 = a##o##_0;
-#define WG_FMA(o)                                         \
-  {                                                       \
-    __m512 wv = _mm512_set1_ps(u[o]);                     \
-    a##o##_0 = _mm512_fmadd_ps(wv, v0, a##o##_0);         \
-    if (R > 1) a##o##_1 = _mm512_fmadd_ps(wv, v1, a##o##_1); \
-    if (R > 2) a##o##_2 = _mm512_fmadd_ps(wv, v2, a##o##_2); \
-  }
-#define WG_STORE(o)                                                  \
-  _mm512_storeu_ps(M + o * TVL, a##o##_0);                           \
-  if (R > 1) _mm512_storeu_ps(M + o * TVL + WG_LANES, a##o##_1);     \
-  if (R > 2) _mm512_storeu_ps(M + o * TVL + 2 * WG_LANES, a##o##_2);
-
-/* M (8, TVL) = U (C, 8)ᵀ V (C, TVL) over R tile vectors */
-__attribute__((target("avx512f"), always_inline)) static inline void product(const float *U, const float *V,
-                                                                             int64_t C, float *M, const int R) {
-  WG_ROW(WG_DECL)
-  for (int64_t c = 0; c < C; c++) {
-    const float *u = U + c * WG_OUT, *v = V + c * TVL;
-    __m512 v0 = _mm512_loadu_ps(v), v1 = v0, v2 = v0;
-    if (R > 1) v1 = _mm512_loadu_ps(v + WG_LANES);
-    if (R > 2) v2 = _mm512_loadu_ps(v + 2 * WG_LANES);
-    WG_ROW(WG_FMA)
-  }
-  WG_ROW(WG_STORE)
-}
-
 __attribute__((target("avx512f"))) static void wg_block(const wg_job *j, int64_t block, float *V, float *M) {
   const direct_geom *g = j->g;
   int64_t v0 = block * WG_VECS, R = j->vecs - v0 < WG_VECS ? j->vecs - v0 : WG_VECS;
@@ -283,9 +258,9 @@ __attribute__((target("avx512f"))) static void wg_block(const wg_job *j, int64_t
     for (int xi = 0; xi < WG_POINTS; xi++) {
       const float *U = j->upk + (ob * WG_POINTS + xi) * g->c * WG_OUT, *Vx = V + xi * g->c * TVL;
       float *Mx = M + xi * WG_OUT * TVL;
-      if (R == 3) product(U, Vx, g->c, Mx, 3);
-      else if (R == 2) product(U, Vx, g->c, Mx, 2);
-      else product(U, Vx, g->c, Mx, 1);
+      if (R == 3) tile_product(U, Vx, TVL, g->c, NULL, Mx, TVL, WG_OUT, 3);
+      else if (R == 2) tile_product(U, Vx, TVL, g->c, NULL, Mx, TVL, WG_OUT, 2);
+      else tile_product(U, Vx, TVL, g->c, NULL, Mx, TVL, WG_OUT, 1);
     }
     int64_t live = g->o - ob * WG_OUT < WG_OUT ? g->o - ob * WG_OUT : WG_OUT;
     for (int64_t i = 0; i < live; i++)
