@@ -41,7 +41,7 @@
 #endif
 
 #define LANES 16
-#define OUT_BLOCK 8  /* output channels per forward tile */
+#define OUT_BLOCK TILE_OUT /* output channels per forward tile (conv_tile.h) */
 #define VEC_BLOCK 3  /* vectors per forward tile */
 #ifndef IN_BLOCK
 #define IN_BLOCK 144 /* (input channel, tap) pairs per forward pass over the plane: 16 channels of 3x3 */
@@ -149,20 +149,13 @@ typedef struct {
   int64_t c, o, blocks, vec_parts;
 } fwd_job;
 
-/* The accumulators are named variables, not an array: GCC keeps an array of
- * 24 vectors on the stack, with a store per FMA. */
-#define ACC_ROW(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+/* named accumulators, as in conv_tile.h (whose TILE_ROW and TILE_FMA this
+ * tile shares); they start from the bias or the sums so far, and the loads
+ * and stores are masked */
 #define ACC_DECL(o)                                                                                   \
   __m512 a##o##_0 = start(bias, y, o, live_o, out_plane, &out[0], c0), a##o##_1 = a##o##_0, a##o##_2 = a##o##_0; \
   if (R > 1) a##o##_1 = start(bias, y, o, live_o, out_plane, &out[1], c0);                               \
   if (R > 2) a##o##_2 = start(bias, y, o, live_o, out_plane, &out[2], c0);
-#define ACC_FMA(o)                                        \
-  {                                                       \
-    __m512 wv = _mm512_set1_ps(wt[o]);                    \
-    a##o##_0 = _mm512_fmadd_ps(wv, in0, a##o##_0);        \
-    if (R > 1) a##o##_1 = _mm512_fmadd_ps(wv, in1, a##o##_1); \
-    if (R > 2) a##o##_2 = _mm512_fmadd_ps(wv, in2, a##o##_2); \
-  }
 #define ACC_STORE(o)                                                                             \
   if (o < live_o) {                                                                              \
     _mm512_mask_storeu_ps(y + o * out_plane + out[0].off, out[0].mask, a##o##_0);                \
@@ -179,27 +172,27 @@ __attribute__((target("avx512f"), always_inline)) static inline __m512 start(con
   return bias ? _mm512_set1_ps(bias[o]) : _mm512_setzero_ps();
 }
 
-/* output channels ob * 8 .. + 7 at vectors v0 .. v0 + R - 1 of one image,
+/* output channels ob * 8 .. + 7 at vectors first .. first + R - 1 of one image,
  * input channels c0 .. c1 - 1 */
 __attribute__((target("avx512f"), always_inline)) static inline void fwd_tile(const fwd_job *j, const float *x,
                                                                               const float *wpk, const float *bias,
-                                                                              float *y, int64_t live_o, int64_t v0,
+                                                                              float *y, int64_t live_o, int64_t first,
                                                                               int64_t c0, int64_t c1, const int R) {
   const plane_map *m = j->m;
   const int64_t taps = m->taps, in_plane = m->ih * m->iw, out_plane = m->oh * m->ow;
-  const tap_t *out = &m->out[v0];
-  ACC_ROW(ACC_DECL)
-  const tap_t *t0 = m->in + v0 * taps, *t1 = R > 1 ? t0 + taps : t0, *t2 = R > 2 ? t0 + 2 * taps : t0;
+  const tap_t *out = &m->out[first];
+  TILE_ROW(ACC_DECL)
+  const tap_t *t0 = m->in + first * taps, *t1 = R > 1 ? t0 + taps : t0, *t2 = R > 2 ? t0 + 2 * taps : t0;
   for (int64_t c = c0; c < c1; c++) {
-    const float *xc = x + c * in_plane, *wt = wpk + c * taps * OUT_BLOCK;
-    for (int64_t t = 0; t < taps; t++, wt += OUT_BLOCK) {
-      __m512 in0 = _mm512_maskz_loadu_ps(t0[t].mask, TAP_ADDR(xc, t0[t].off)), in1 = in0, in2 = in0;
-      if (R > 1) in1 = _mm512_maskz_loadu_ps(t1[t].mask, TAP_ADDR(xc, t1[t].off));
-      if (R > 2) in2 = _mm512_maskz_loadu_ps(t2[t].mask, TAP_ADDR(xc, t2[t].off));
-      ACC_ROW(ACC_FMA)
+    const float *xc = x + c * in_plane, *u = wpk + c * taps * OUT_BLOCK;
+    for (int64_t t = 0; t < taps; t++, u += OUT_BLOCK) {
+      __m512 v0 = _mm512_maskz_loadu_ps(t0[t].mask, TAP_ADDR(xc, t0[t].off)), v1 = v0, v2 = v0;
+      if (R > 1) v1 = _mm512_maskz_loadu_ps(t1[t].mask, TAP_ADDR(xc, t1[t].off));
+      if (R > 2) v2 = _mm512_maskz_loadu_ps(t2[t].mask, TAP_ADDR(xc, t2[t].off));
+      TILE_ROW(TILE_FMA)
     }
   }
-  ACC_ROW(ACC_STORE)
+  TILE_ROW(ACC_STORE)
 }
 
 /* A task: one image, a group of up to OB_GROUP output blocks, a range of
