@@ -567,6 +567,7 @@ struct df_node {
    * recompute and leaves saved[slot] empty (df_node_save_input). */
   df_status (*forward_again)(df_node *self, df_tensor **out);
   signed char recompute[DF_NODE_MAX_SAVED];
+  uint64_t result_version; /* its result's storage version when recorded: changed since, no recomputing */
   /* during backward */
   df_tensor *pending;
   int dependencies;

@@ -452,6 +452,16 @@ describe("a convolution after group_norm_silu (and dropout)", function()
     y = nil
   end)
 
+  it("keeps its input after all when that was written in place before the convolution", function()
+    local function scaled(h)
+      D.no_grad(function() h:mul_(2) end)
+      return h
+    end
+    local kept = grads(function(h) return scaled(h * 1) end, 65)
+    local again = grads(scaled, 65)
+    for i = 1, 4 do assert_bitwise(again[i], kept[i], "gradient " .. i) end
+  end)
+
   it("backward twice with retain_graph gives the same gradients twice", function()
     local x, w, b = inputs(shape, 80)
     x:requires_grad_()

@@ -93,6 +93,7 @@ df_status df_autograd_record(df_tensor *out, const char *name, df_backward_fn ba
       df_tensor_retain(edges[i].leaf);
     }
   }
+  n->result_version = out->storage->version;
   df_node_release(out->grad_fn);
   out->grad_fn = n;
   out->requires_grad = true;
@@ -114,7 +115,10 @@ df_status df_node_save(df_node *node, int slot, const df_tensor *t) {
 df_status df_node_save_input(df_node *node, int slot, int input, const df_tensor *t) {
   if (slot < 0 || slot >= DF_NODE_MAX_SAVED) return df_error(DF_EINVAL, "%s: bad saved-tensor slot %d", node->name, slot);
   df_node *producer = input >= 0 && input < node->ninputs ? node->inputs[input].node : NULL;
-  if (!producer || !producer->forward_again || t->grad_fn != producer) return df_node_save(node, slot, t);
+  /* only the producer's own result, as it made it (not written in place since) */
+  if (!producer || !producer->forward_again || t->grad_fn != producer ||
+      t->storage->version != producer->result_version)
+    return df_node_save(node, slot, t);
   df_tensor_release(node->saved[slot]);
   node->saved[slot] = NULL;
   node->recompute[slot] = (signed char)(input + 1);
