@@ -460,6 +460,10 @@ describe("a convolution after group_norm_silu (and dropout)", function()
     local kept = grads(function(h) return scaled(h * 1) end, 65)
     local again = grads(scaled, 65)
     for i = 1, 4 do assert_bitwise(again[i], kept[i], "gradient " .. i) end
+    -- and when dropout's input was
+    kept = grads(function(h) return D.dropout(scaled(h * 1), 0.3, true, gen(66)) end, 67)
+    again = grads(function(h) return D.dropout(scaled(h), 0.3, true, gen(66)) end, 67)
+    for i = 1, 4 do assert_bitwise(again[i], kept[i], "gradient " .. i .. " (dropout)") end
   end)
 
   it("backward twice with retain_graph gives the same gradients twice", function()

@@ -894,10 +894,13 @@ static df_status dropout_forward_again(df_node *n, df_tensor **out) {
   return st;
 }
 
-/* when dropout's input can be recomputed, so can its result */
+/* when dropout's input can be recomputed (its producer's own result, not
+ * written in place since), so can its result */
 static void dropout_may_recompute(df_node *node, const df_tensor *x) {
   df_node *producer = node->inputs[0].node;
-  if (producer && producer->forward_again && x->grad_fn == producer) node->forward_again = dropout_forward_again;
+  if (producer && producer->forward_again && x->grad_fn == producer &&
+      x->storage->version == producer->result_version)
+    node->forward_again = dropout_forward_again;
 }
 
 df_status df_dropout(df_tensor **out, const df_tensor *x, float p, bool train, df_generator *g) {
