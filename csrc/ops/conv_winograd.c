@@ -62,7 +62,7 @@ bool conv_winograd_applies(const direct_geom *g) {
   if (g->h % 2 || g->w % 2 || g->c < WG_MIN_C || g->c > WG_MAX_C || g->o < WG_MIN_O) return false;
   int64_t tw = g->w / 2, th = g->h / 2;
   if (!(tw == 4 || tw == 8 || tw % WG_LANES == 0)) return false;
-  return th * tw % WG_LANES == 0 && g->n * g->c * g->h * g->w < INT32_MAX;
+  return th * tw % WG_LANES == 0;
 }
 
 #ifdef WINOGRAD_X86
@@ -167,7 +167,8 @@ __attribute__((target("avx512f"), always_inline)) static inline void patch_row(c
 }
 
 /* V = Bᵀ d B, Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], for the 16
- * tiles of t and every input channel: V (16, C, TVL) at column `col` */
+ * tiles of t and every input channel, into V (16, C, TVL), whose first
+ * column for these tiles V points at */
 __attribute__((target("avx512f"))) static void input_transform(const wg_job *j, tile_vec t, float *V) {
   const direct_geom *g = j->g;
   int64_t tw = g->w / 2, seg = tw < WG_LANES ? tw : WG_LANES;
