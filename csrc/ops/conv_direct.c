@@ -260,21 +260,26 @@ typedef struct {
   int64_t c, o, out_blocks, plane, vecs, blocks; /* vecs and blocks per image */
 } pointwise_job;
 
+/* blocks of 3 vectors in a plane of `vecs`; what is left (0 .. 2, or 4
+ * taken as 2 + 2) follows them */
+static int64_t pointwise_threes(int64_t vecs) {
+  return vecs % VEC_BLOCK == 1 && vecs >= 4 ? (vecs - 4) / VEC_BLOCK : vecs / VEC_BLOCK;
+}
+
 /* block b of a plane of `vecs` vectors: its first vector and its width */
 static int64_t pointwise_block(int64_t vecs, int64_t b, int *width) {
-  int64_t threes = vecs % VEC_BLOCK == 1 && vecs >= 4 ? (vecs - 4) / VEC_BLOCK : vecs / VEC_BLOCK;
+  int64_t threes = pointwise_threes(vecs);
   if (b < threes) {
     *width = VEC_BLOCK;
     return b * VEC_BLOCK;
   }
-  int64_t rest = vecs - threes * VEC_BLOCK; /* 0 .. 2, or 4 as 2 + 2 */
+  int64_t rest = vecs - threes * VEC_BLOCK;
   *width = rest == 4 ? 2 : (int)rest;
   return threes * VEC_BLOCK + (b - threes) * 2;
 }
 
 static int64_t pointwise_blocks(int64_t vecs) {
-  int64_t threes = vecs % VEC_BLOCK == 1 && vecs >= 4 ? (vecs - 4) / VEC_BLOCK : vecs / VEC_BLOCK;
-  int64_t rest = vecs - threes * VEC_BLOCK;
+  int64_t threes = pointwise_threes(vecs), rest = vecs - threes * VEC_BLOCK;
   return threes + (rest == 4 ? 2 : rest > 0);
 }
 
