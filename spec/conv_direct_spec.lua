@@ -17,24 +17,14 @@ local direct_available = D._debug.conv_direct(true)
 -- y, dx, dw, db of one conv2d with one path
 local function run(x0, w0, b0, gy, opts, direct)
   D._debug.conv_direct(direct)
-  local ok, err = pcall(function()
-    local x, w = x0:clone():requires_grad_(true), w0:clone():requires_grad_(true)
-    local b = b0 and b0:clone():requires_grad_(true)
-    local y = D.conv2d(x, w, b, opts)
-    y:backward(gy)
-    x0, w0 = { y = y, dx = x.grad, dw = w.grad, db = b and b.grad }, nil
-  end)
+  local ok, r = pcall(H.conv2d_grads, x0, w0, b0, gy, opts)
   D._debug.conv_direct(true)
-  if not ok then error(err, 0) end
-  return x0
+  if not ok then error(r, 0) end
+  return r
 end
 
 -- relative to the largest magnitude, as float sums in another order differ
-local function assert_near(a, e, what)
-  local scale = e:abs():max():item() + 1e-6
-  local rel = (a - e):abs():max():item() / scale
-  assert(rel < 2e-6, ("%s: relative difference %.3g"):format(what, rel))
-end
+local function assert_near(a, e, what) H.assert_near_max(a, e, 2e-6, what) end
 
 local gen = D.Generator(11)
 

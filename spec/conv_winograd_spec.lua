@@ -20,13 +20,7 @@ local available = D._debug.conv_winograd(true)
 local function run(x0, w0, b0, gy, winograd, gemm)
   D._debug.conv_winograd(winograd)
   D._debug.conv_direct(not gemm)
-  local ok, r = pcall(function()
-    local x, w = x0:clone():requires_grad_(true), w0:clone():requires_grad_(true)
-    local b = b0 and b0:clone():requires_grad_(true)
-    local y = D.conv2d(x, w, b, { padding = 1 })
-    y:backward(gy)
-    return { y = y, dx = x.grad, dw = w.grad, db = b and b.grad }
-  end)
+  local ok, r = pcall(H.conv2d_grads, x0, w0, b0, gy, { padding = 1 })
   D._debug.conv_winograd(true)
   D._debug.conv_direct(true)
   if not ok then error(r, 0) end
@@ -35,11 +29,7 @@ end
 
 -- relative to the largest magnitude: the transforms round differently from
 -- the direct sums, by a few float ulps of the largest term
-local function assert_near(a, e, what)
-  local scale = e:abs():max():item() + 1e-6
-  local rel = (a - e):abs():max():item() / scale
-  assert(rel < 4e-6, ("%s: relative difference %.3g"):format(what, rel))
-end
+local function assert_near(a, e, what) H.assert_near_max(a, e, 4e-6, what) end
 
 local gen = D.Generator(23)
 

@@ -115,6 +115,25 @@ function H.assert_close(actual, expected, tol, what)
   assert.is_true(ok, msg)
 end
 
+--- H.assert_near_max(actual, expected, rel [, what]): max |actual - expected|
+--- at most rel times the largest |expected| (for sums taken in another order,
+--- which differ by a few ulps of the largest term).
+function H.assert_near_max(actual, expected, rel, what)
+  local scale = expected:abs():max():item() + 1e-6
+  local got = (actual - expected):abs():max():item() / scale
+  assert(got < rel, ("%s: relative difference %.3g"):format(what or "value", got))
+end
+
+--- H.conv2d_grads(x, w, b, gy, opts) -> { y, dx, dw, db } of D.conv2d(x, w, b,
+--- opts) backward from gy, on fresh copies of x, w and b (b may be nil).
+function H.conv2d_grads(x0, w0, b0, gy, opts)
+  local x, w = x0:clone():requires_grad_(true), w0:clone():requires_grad_(true)
+  local b = b0 and b0:clone():requires_grad_(true)
+  local y = D.conv2d(x, w, b, opts)
+  y:backward(gy)
+  return { y = y, dx = x.grad, dw = w.grad, db = b and b.grad }
+end
+
 --- H.max_diff(a, b) -> max |a - b| over the elements of two tensors.
 function H.max_diff(a, b) return (a - b):abs():max():item() end
 

@@ -13,6 +13,9 @@
  *   D._debug.conv_direct(on) -> whether this CPU can run the direct
  *     convolution kernels; on = false sends every conv2d through im2col +
  *     GEMM (reset turns them back on), so specs compare the two paths.
+ *   D._debug.conv_winograd(on) -> whether this CPU can run the Winograd
+ *     kernel; on = false sends the 3x3 convolutions it would take to the
+ *     direct kernel instead (reset turns it back on).
  *
  * They prove that every error path is clean (a Lua error, nothing leaked,
  * the process healthy afterwards), as Lua's own testes/memerr.lua does for
