@@ -258,6 +258,10 @@ void df_generator_seed(df_generator *g, uint64_t seed);
 df_status df_rand_(df_tensor *t, df_generator *g, float lo, float hi);
 df_status df_randn_(df_tensor *t, df_generator *g, float mean, float std);
 df_status df_randint_(df_tensor *t, df_generator *g, int64_t lo, int64_t hi);
+/* Elements first .. first + count - 1 of a uniform [0, 1) draw made at
+ * (seed, offset): bitwise what df_rand_(t, g, 0, 1) puts there, for ops that
+ * use the numbers as they go (dropout) rather than keeping them. */
+void df_uniform_at(float *dst, int64_t first, int64_t count, uint64_t seed, uint64_t offset);
 
 /* ---- indexing and files (ops/index.c, io/idx.c) ------------------------- */
 

@@ -537,6 +537,23 @@ describe("dropout", function()
     assert_close(x:dropout(0.5), d1, 0)
   end)
 
+  it("masks with the draws D.rand makes from the same generator, for contiguous and strided x alike", function()
+    -- contiguous x takes the one-pass kernel, a transposed view the draw-mask-multiply path
+    for _, shape in ipairs { { 7, 13 }, { 3, 4099 }, { 64, 65 } } do
+      local x = D.randn(shape, gen(4))
+      local p, scale = 0.25, 1 / (1 - 0.25) -- exact in float32, as the kernel has them
+      local g1, g2 = gen(21), gen(21)
+      local y = D.dropout(x, p, true, g1)
+      local u = D.rand(shape, g2)
+      assert_close(y, u:ge(p) * scale * x, 0)
+      assert_close(D.rand({ 5 }, g1), D.rand({ 5 }, g2), 0) -- both advanced alike
+      local xt = x:t()
+      assert.is_false(xt:is_contiguous())
+      local yt = D.dropout(xt, p, true, gen(21))
+      assert_close(yt, D.rand(xt:size(), gen(21)):ge(p) * scale * xt, 0)
+    end
+  end)
+
   it("is the identity in eval mode and for p = 0, gradient included", function()
     local x = D.randn({ 3, 4 }, gen(2))
     assert_close(D.dropout(x, 0.5, false), x, 0)

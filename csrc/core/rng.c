@@ -147,6 +147,42 @@ static void rng_task(int64_t task, void *arg) {
   }
 }
 
+/* blocks of 16 counters' uniform [0, 1) draws at once: (w >> 8) 2^-24, exactly u01 */
+#if DF_VMATH_X86
+__attribute__((target("avx512f"))) static void uniform64(uint64_t ctr, uint64_t key, float out[64]) {
+  uint32_t words[64];
+  philox16(ctr, key, words);
+  for (int k = 0; k < 64; k += 16) {
+    __m512i w = _mm512_srli_epi32(_mm512_loadu_si512(words + k), 8);
+    _mm512_storeu_ps(out + k, _mm512_mul_ps(_mm512_cvtepi32_ps(w), _mm512_set1_ps(0x1p-24f)));
+  }
+}
+#endif
+
+void df_uniform_at(float *dst, int64_t first, int64_t count, uint64_t seed, uint64_t offset) {
+#if DF_VMATH_X86
+  bool wide = df_vmath_level_get() == DF_VMATH_AVX512;
+#endif
+  int64_t i = first, end = first + count;
+  while (i < end) {
+    float v[64];
+    int64_t blk = i / 4, from = blk * 4, made = 4;
+#if DF_VMATH_X86
+    if (wide) {
+      uniform64(offset + (uint64_t)blk, seed, v);
+      made = 64;
+    } else
+#endif
+    {
+      uint32_t w[4];
+      philox(offset + (uint64_t)blk, seed, w);
+      for (int k = 0; k < 4; k++) v[k] = u01(w[k]);
+    }
+    int64_t stop = from + made < end ? from + made : end;
+    for (; i < stop; i++) dst[i - first] = v[i - from];
+  }
+}
+
 static df_status fill_random(const char *name, df_tensor *t, df_generator *g, rng_job j) {
   df_status st = df_check_inplace(name, t);
   if (st) return st;

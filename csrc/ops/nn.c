@@ -839,23 +839,49 @@ static df_status bw_identity(df_node *n, const df_tensor *g, df_tensor **gi) {
 }
 
 typedef struct {
-  float *m;
+  float *out;
+  const float *other; /* NULL: out holds the draws, and becomes the mask */
   float p, scale;
+  uint64_t seed, offset;
 } mask_job;
 
+#define MASK_PIECE 1024 /* draws made at once, on the stack */
+
+/* out[i] = (u_i >= p ? scale : 0) * other[i], u_i drawn piece by piece as it
+ * goes: one pass over memory rather than three (draw, mask, multiply), and
+ * bitwise the same as those (the product commutes) */
 static void mask_range(int64_t i0, int64_t i1, void *arg) {
   const mask_job *j = arg;
-  for (int64_t i = i0; i < i1; i++) j->m[i] = j->m[i] >= j->p ? j->scale : 0.0f;
+  if (!j->other) {
+    for (int64_t i = i0; i < i1; i++) j->out[i] = j->out[i] >= j->p ? j->scale : 0.0f;
+    return;
+  }
+  float u[MASK_PIECE];
+  for (int64_t a = i0; a < i1; a += MASK_PIECE) {
+    int64_t n = i1 - a < MASK_PIECE ? i1 - a : MASK_PIECE;
+    df_uniform_at(u, a, n, j->seed, j->offset);
+    for (int64_t k = 0; k < n; k++) j->out[a + k] = (u[k] >= j->p ? j->scale : 0.0f) * j->other[a + k];
+  }
 }
 
 /* out (contiguous, in place) = the scaled mask (0 or 1 / (1 - p)) times
- * other: the mask drawn into out, then multiplied by other, which is
- * bitwise other * mask (the product commutes) without a second tensor. */
+ * other, drawing from g and advancing it as df_rand_ does. Where other is
+ * not contiguous: the mask drawn into out, then multiplied by other. */
 static df_status mask_times(df_tensor *out, const df_tensor *other, float p, df_generator *g) {
+  mask_job j = {.out = df_tensor_data(out), .p = p, .scale = (float)(1.0 / (1.0 - (double)p))};
+  int64_t numel = df_tensor_numel(out);
+  if (df_tensor_is_contiguous(other) && df_tensor_numel(other) == numel) {
+    j.other = df_tensor_data((df_tensor *)other);
+    j.seed = g->seed;
+    j.offset = g->offset;
+    df_tensor_bump_version(out);
+    parallel_range(numel, 16, mask_range, &j);
+    g->offset += (uint64_t)((numel + 3) / 4); /* as df_rand_ would */
+    return DF_OK;
+  }
   df_status st = df_rand_(out, g, 0.0f, 1.0f);
   if (st) return st;
-  mask_job j = {.m = df_tensor_data(out), .p = p, .scale = (float)(1.0 / (1.0 - (double)p))};
-  parallel_range(df_tensor_numel(out), 1, mask_range, &j);
+  parallel_range(numel, 1, mask_range, &j);
   return df_binary_(DF_MUL, out, other);
 }
 
