@@ -74,6 +74,7 @@ typedef struct {
   int64_t out_blocks, vecs_per_image, vecs, blocks;
   float *work;
   int64_t work_floats; /* per task: V (16, C, 48) then M (16, 8, 48) */
+  int64_t v_point;     /* floats from one point's V (C, 48) to the next's */
   _Atomic int64_t next;
 } wg_job;
 
@@ -167,8 +168,8 @@ __attribute__((target("avx512f"), always_inline)) static inline void patch_row(c
 }
 
 /* V = Bᵀ d B, Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], for the 16
- * tiles of t and every input channel, into V (16, C, TVL), whose first
- * column for these tiles V points at */
+ * tiles of t and every input channel, into V (16, C, TVL) with points
+ * v_point floats apart, whose first column for these tiles V points at */
 __attribute__((target("avx512f"))) static void input_transform(const wg_job *j, tile_vec t, float *V) {
   const direct_geom *g = j->g;
   int64_t tw = g->w / 2, seg = tw < WG_LANES ? tw : WG_LANES;
@@ -201,10 +202,10 @@ __attribute__((target("avx512f"))) static void input_transform(const wg_job *j, 
     }
     for (int s = 0; s < 4; s++) {
       float *v = V + c * TVL;
-      _mm512_storeu_ps(v + (0 * 4 + s) * g->c * TVL, _mm512_sub_ps(z[0][s], z[2][s]));
-      _mm512_storeu_ps(v + (1 * 4 + s) * g->c * TVL, _mm512_add_ps(z[1][s], z[2][s]));
-      _mm512_storeu_ps(v + (2 * 4 + s) * g->c * TVL, _mm512_sub_ps(z[2][s], z[1][s]));
-      _mm512_storeu_ps(v + (3 * 4 + s) * g->c * TVL, _mm512_sub_ps(z[1][s], z[3][s]));
+      _mm512_storeu_ps(v + (0 * 4 + s) * j->v_point, _mm512_sub_ps(z[0][s], z[2][s]));
+      _mm512_storeu_ps(v + (1 * 4 + s) * j->v_point, _mm512_add_ps(z[1][s], z[2][s]));
+      _mm512_storeu_ps(v + (2 * 4 + s) * j->v_point, _mm512_sub_ps(z[2][s], z[1][s]));
+      _mm512_storeu_ps(v + (3 * 4 + s) * j->v_point, _mm512_sub_ps(z[1][s], z[3][s]));
     }
   }
 }
@@ -257,7 +258,7 @@ __attribute__((target("avx512f"))) static void wg_block(const wg_job *j, int64_t
   }
   for (int64_t ob = 0; ob < j->out_blocks; ob++) {
     for (int xi = 0; xi < WG_POINTS; xi++) {
-      const float *U = j->upk + (ob * WG_POINTS + xi) * g->c * WG_OUT, *Vx = V + xi * g->c * TVL;
+      const float *U = j->upk + (ob * WG_POINTS + xi) * g->c * WG_OUT, *Vx = V + xi * j->v_point;
       float *Mx = M + xi * WG_OUT * TVL;
       if (R == 3) tile_product(U, Vx, TVL, g->c, NULL, Mx, TVL, WG_OUT, 3);
       else if (R == 2) tile_product(U, Vx, TVL, g->c, NULL, Mx, TVL, WG_OUT, 2);
@@ -274,7 +275,7 @@ __attribute__((target("avx512f"))) static void wg_block(const wg_job *j, int64_t
 /* one task per thread, each with its own workspace, taking blocks in turn */
 static void wg_task(int64_t task, void *arg) {
   wg_job *j = arg;
-  float *V = j->work + task * j->work_floats, *M = V + WG_POINTS * j->g->c * TVL;
+  float *V = j->work + task * j->work_floats, *M = V + WG_POINTS * j->v_point;
   for (int64_t b; (b = atomic_fetch_add(&j->next, 1)) < j->blocks;) wg_block(j, b, V, M);
 }
 
@@ -286,7 +287,10 @@ df_status conv_winograd_forward(const direct_geom *g, const float *x, const floa
   int64_t out_blocks = (g->o + WG_OUT - 1) / WG_OUT, vecs_per_image = g->h / 2 * (g->w / 2) / WG_LANES;
   int64_t vecs = g->n * vecs_per_image, blocks = (vecs + WG_VECS - 1) / WG_VECS;
   int64_t tasks = df_get_num_threads() < blocks ? df_get_num_threads() : blocks;
-  int64_t work_floats = WG_POINTS * (g->c + WG_OUT) * TVL + WG_LANES; /* + a cache line between tasks */
+  /* a cache line between points: C x 48 floats is a multiple of 4 KiB for
+   * C = 64, 128, ..., and the 16 points' rows would all fall in one L1 set */
+  int64_t v_point = g->c * TVL + WG_LANES;
+  int64_t work_floats = WG_POINTS * v_point + WG_POINTS * WG_OUT * TVL + WG_LANES; /* + a cache line between tasks */
   int64_t upk_floats = out_blocks * WG_POINTS * g->c * WG_OUT, bias_floats = bias ? out_blocks * WG_OUT : 0;
   /* from the buffer cache: the same sizes come back every step, and fresh
    * pages would cost a page fault each */
@@ -294,7 +298,8 @@ df_status conv_winograd_forward(const direct_geom *g, const float *x, const floa
   float *mem = df_buffer_get(sizeof(float) * (size_t)(upk_floats + bias_floats + tasks * work_floats), false, &capacity);
   if (!mem) return df_error(DF_ENOMEM, "conv2d: out of memory for the Winograd workspace");
   wg_job j = {.g = g, .x = x, .upk = mem, .y = y, .out_blocks = out_blocks, .vecs_per_image = vecs_per_image,
-              .vecs = vecs, .blocks = blocks, .work = mem + upk_floats + bias_floats, .work_floats = work_floats};
+              .vecs = vecs, .blocks = blocks, .work = mem + upk_floats + bias_floats, .work_floats = work_floats,
+              .v_point = v_point};
   atomic_init(&j.next, 0);
   pack_weights(g, w, flip_transpose, out_blocks, mem);
   if (bias) {
