@@ -388,7 +388,7 @@ typedef struct {
   const direct_geom *g;
   const float *x, *dy;
   float *partial; /* (chunks, C_pad, taps, O_pad) */
-  int64_t c_pad, o_pad, hp, wp, l, taps, chunk, chunks;
+  int64_t c_pad, o_pad, hp, wp, plane, l, taps, chunk, chunks; /* plane: floats between copied planes */
   int64_t o_tiles, c_tiles, rows; /* tiles: o_tiles x c_tiles x rows (kernel rows, 1 for 1x1) */
   size_t work_bytes;
   atomic_int failed; /* a task's workspace could not be had */
@@ -409,7 +409,7 @@ static float *dy_tile_at(const dw_job *j, float *dyt, int64_t b, int64_t ot) {
  * dy transposed (O_pad / DW_OUT, L, DW_OUT) */
 static void dw_copy_image(const dw_job *j, int64_t n, int64_t b, float *xpad, float *dyt) {
   const direct_geom *g = j->g;
-  int64_t plane = j->hp * j->wp;
+  int64_t plane = j->plane;
   for (int64_t c = 0; c < j->c_pad; c++) {
     float *dst = xpad + (b * j->c_pad + c) * plane;
     const float *src = x_plane(j, n, c);
@@ -474,7 +474,7 @@ __attribute__((target("avx512f"))) static void dw_tile(const dw_job *j, const fl
   const direct_geom *g = j->g;
   int64_t ot = tile / (j->c_tiles * j->rows), rest = tile % (j->c_tiles * j->rows);
   int64_t ct = rest / j->rows, ki = rest % j->rows;
-  int64_t o0 = ot * DW_OUT, c0 = ct * (j->taps == 9 ? 4 : DW_PAIRS), plane = j->hp * j->wp;
+  int64_t o0 = ot * DW_OUT, c0 = ct * (j->taps == 9 ? 4 : DW_PAIRS), plane = j->plane;
   /* pair (i, k) reads xr_i[pos + jo_k]: 3x3 — row base of channel c0 + i at kernel row ki, jo = kj;
    * 1x1 — channel c0 + 3 i, jo = k planes further */
   int64_t jo0 = 0, jo1 = j->taps == 9 ? 1 : plane, jo2 = j->taps == 9 ? 2 : 2 * plane;
@@ -507,7 +507,7 @@ static void dw_chunk_task(int64_t chunk, void *arg) {
     atomic_store(&j->failed, 1);
     return;
   }
-  float *dyt = xpad + j->chunk * j->c_pad * j->hp * j->wp;
+  float *dyt = xpad + j->chunk * j->c_pad * j->plane;
   for (int64_t b = 0; b < images; b++) dw_copy_image(j, n0 + b, b, xpad, dyt);
   float *partial = j->partial + chunk * j->c_pad * j->taps * j->o_pad;
   /* image by image, every tile over it: one image's copies stay in L2 while its tiles read them */
@@ -550,7 +550,10 @@ df_status conv_direct_grad_weight(const direct_geom *g, const float *x, const fl
   j.c_tiles = j.c_pad / c_block;
   j.rows = three ? 3 : 1;
   /* images per chunk: enough positions to keep a tile busy, copies about L2-sized, enough chunks for the threads */
-  int64_t per_image = (j.c_pad * j.hp * j.wp + j.l * j.o_pad) * (int64_t)sizeof(float);
+  /* copied planes a cache line further apart where they would be a multiple of 1 KiB:
+   * a 1x1 tile reads 12 of them at once, and they would share a few L1 sets */
+  j.plane = j.hp * j.wp % 256 == 0 ? j.hp * j.wp + 16 : j.hp * j.wp;
+  int64_t per_image = (j.c_pad * j.plane + j.l * j.o_pad) * (int64_t)sizeof(float);
   int64_t chunk = (DW_MIN_POSITIONS + j.l - 1) / j.l;
   if (chunk * per_image > DW_CHUNK_BYTES) chunk = DW_CHUNK_BYTES / per_image;
   if (chunk > g->n / DW_MIN_CHUNKS) chunk = g->n / DW_MIN_CHUNKS;
