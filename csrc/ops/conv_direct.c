@@ -371,7 +371,7 @@ df_status conv_direct_forward(const direct_geom *g, const float *x, const float 
  * chunk whole — its copies, then image by image every tile over it, a tile's
  * sums going from registers to the chunk's own partial sums (C, taps, O)
  * and back, so one image's copies are read from L2, not the whole chunk's
- * from L3 (a 4x difference on a Cascade Lake). The
+ * from L3 (2.4x as fast at 128 channels, 16 x 16, on a Cascade Lake). The
  * chunks' sums are added in chunk order at the end, so the result does not
  * depend on the thread count, and no task waits for another. */
 
