@@ -257,8 +257,9 @@ static void pack_weights(const float *w, int64_t o_count, int64_t c_count, int64
 typedef struct {
   const float *x, *wpk, *bias; /* wpk (O / 8, C, 8); bias padded to a multiple of 8, or NULL */
   float *y;
-  int64_t c, o, out_blocks, plane, vecs, blocks; /* vecs and blocks per image */
-  atomic_int failed;                              /* a task's slab could not be had */
+  int64_t c, o, out_blocks, plane, vecs, blocks, n; /* vecs and blocks per image; images */
+  float *slabs;                                   /* per task: C x 3 vectors */
+  _Atomic int64_t next;                           /* the next (image, block) unit to take */
 } pointwise_job;
 
 /* blocks of 3 vectors in a plane of `vecs`; what is left (0 .. 2, or 4
@@ -284,20 +285,14 @@ static int64_t pointwise_blocks(int64_t vecs) {
   return threes + (rest == 4 ? 2 : rest > 0);
 }
 
-__attribute__((target("avx512f"))) static void pointwise_task(int64_t task, void *arg) {
-  pointwise_job *j = arg;
-  int64_t n = task / j->blocks;
+/* one (image, block) unit into the task's slab */
+__attribute__((target("avx512f"))) static void pointwise_unit(const pointwise_job *j, int64_t unit, float *slab) {
+  int64_t n = unit / j->blocks;
   int width;
-  int64_t p0 = pointwise_block(j->vecs, task % j->blocks, &width) * LANES, ld = width * LANES;
+  int64_t p0 = pointwise_block(j->vecs, unit % j->blocks, &width) * LANES, ld = width * LANES;
   /* the block's slab of x (C, ld) copied together first: read in place, its C
    * rows lie a plane apart (4 KiB for 32 x 32), all in the same few L1 sets,
    * and every output block would fetch them again from L2 */
-  size_t capacity;
-  float *slab = df_buffer_get(sizeof(float) * (size_t)(j->c * ld), false, &capacity);
-  if (!slab) {
-    atomic_store(&j->failed, 1);
-    return;
-  }
   const float *x = j->x + n * j->c * j->plane + p0;
   for (int64_t c = 0; c < j->c; c++) memcpy(slab + c * ld, x + c * j->plane, sizeof(float) * (size_t)ld);
   for (int64_t ob = 0; ob < j->out_blocks; ob++) {
@@ -308,7 +303,13 @@ __attribute__((target("avx512f"))) static void pointwise_task(int64_t task, void
     else if (width == 2) tile_product(u, slab, ld, j->c, b, y, j->plane, rows, 2);
     else tile_product(u, slab, ld, j->c, b, y, j->plane, rows, 1);
   }
-  df_buffer_put(slab, capacity);
+}
+
+/* one task per thread, each with its own slab, taking units in turn */
+static void pointwise_task(int64_t task, void *arg) {
+  pointwise_job *j = arg;
+  float *slab = j->slabs + task * j->c * VEC_BLOCK * LANES;
+  for (int64_t u; (u = atomic_fetch_add(&j->next, 1)) < j->blocks * j->n;) pointwise_unit(j, u, slab);
 }
 
 #endif /* DIRECT_X86 */
@@ -336,10 +337,17 @@ df_status conv_direct_forward(const direct_geom *g, const float *x, const float 
   if (pointwise) {
     int64_t vecs = g->oh * g->ow / LANES;
     pointwise_job pj = {.x = x, .wpk = wpk, .bias = bpk, .y = y, .c = g->c, .o = g->o, .out_blocks = blocks,
-                        .plane = g->oh * g->ow, .vecs = vecs, .blocks = pointwise_blocks(vecs)};
-    atomic_init(&pj.failed, 0);
-    df_parallel_for(g->n * pj.blocks, pointwise_task, &pj);
-    if (atomic_load(&pj.failed)) st = df_error(DF_ENOMEM, "conv2d: out of memory for a 1x1 convolution's slab");
+                        .plane = g->oh * g->ow, .vecs = vecs, .blocks = pointwise_blocks(vecs), .n = g->n};
+    int64_t units = g->n * pj.blocks, tasks = df_get_num_threads() < units ? df_get_num_threads() : units;
+    size_t capacity;
+    pj.slabs = df_buffer_get(sizeof(float) * (size_t)(tasks * g->c * VEC_BLOCK * LANES), false, &capacity);
+    if (!pj.slabs) {
+      st = df_error(DF_ENOMEM, "conv2d: out of memory for a 1x1 convolution's slabs");
+    } else {
+      atomic_init(&pj.next, 0);
+      df_parallel_for(tasks, pointwise_task, &pj);
+      df_buffer_put(pj.slabs, capacity);
+    }
   } else {
     /* images x output blocks, and more tasks per plane when those are few */
     int64_t tiles = (m.vecs + VEC_BLOCK - 1) / VEC_BLOCK, units = g->n * ((blocks + OB_GROUP - 1) / OB_GROUP);
@@ -399,11 +407,9 @@ static const float *x_plane(const dw_job *j, int64_t n, int64_t c) {
   return c < j->g->c ? j->x + (n * j->g->c + c) * j->g->h * j->g->w : NULL;
 }
 
-/* copied image b's dy for output channels ot * DW_OUT ..: (L, DW_OUT), so a
- * tile reads one contiguous stream */
-static float *dy_tile_at(const dw_job *j, float *dyt, int64_t b, int64_t ot) {
-  return dyt + (b * j->o_tiles + ot) * j->l * DW_OUT;
-}
+/* where copied image b's dy for output channels ot * DW_OUT .. starts in the
+ * copies: (L, DW_OUT), so a tile reads one contiguous stream */
+static int64_t dy_tile_offset(const dw_job *j, int64_t b, int64_t ot) { return (b * j->o_tiles + ot) * j->l * DW_OUT; }
 
 /* image n into the chunk's copies at slot b: x zero-padded (C_pad, hp, wp),
  * dy transposed (O_pad / DW_OUT, L, DW_OUT) */
@@ -428,7 +434,7 @@ static void dw_copy_image(const dw_job *j, int64_t n, int64_t b, float *xpad, fl
   const float *src = j->dy + n * g->o * j->l;
   for (int64_t p0 = 0; p0 < j->l; p0 += 16) /* 16 x 16 blocks: whole cache lines both ways */
     for (int64_t o0 = 0; o0 < j->o_pad; o0 += 16) {
-      float *dst = dy_tile_at(j, dyt, b, o0 / DW_OUT) + o0 % DW_OUT;
+      float *dst = dyt + dy_tile_offset(j, b, o0 / DW_OUT) + o0 % DW_OUT;
       for (int64_t p = p0; p < p0 + 16 && p < j->l; p++) {
         float *row = dst + p * DW_OUT;
         for (int64_t o = o0; o < o0 + 16; o++) row[o - o0] = o < g->o ? src[o * j->l + p] : 0.0f;
@@ -485,7 +491,7 @@ __attribute__((target("avx512f"))) static void dw_tile(const dw_job *j, const fl
   }
   const float *xb = xpad + (b * j->c_pad + c0) * plane + ki * j->wp;
   const float *xr0 = xb, *xr1 = xb + stride_i, *xr2 = xb + 2 * stride_i, *xr3 = xb + 3 * stride_i;
-  const float *d = dy_tile_at(j, (float *)dyt, b, ot);
+  const float *d = dyt + dy_tile_offset(j, b, ot);
   for (int64_t y = 0; y < g->oh; y++)
     for (int64_t x = 0; x < g->ow; x++, d += DW_OUT) {
       int64_t pos = y * j->wp + x;
