@@ -76,9 +76,13 @@ int df_get_num_threads(void);
 void df_parallel_for(int64_t ntasks, void (*fn)(int64_t task, void *ctx), void *ctx);
 /* Work below this many elements (or element-sized steps) stays on one thread. */
 #define DF_PARALLEL_GRAIN 32768
+/* Tasks per thread that a loop is cut into where the grain allows: tasks are
+ * taken in turn, so a thread whose core is busy with something else (a shared
+ * machine) leaves its share to the others instead of holding them up. */
+#define DF_TASKS_PER_THREAD 4
 /* How to cut `items` units of work costing `cost` elements each: returns the
- * number of tasks (at most one per thread, each worth at least
- * DF_PARALLEL_GRAIN) and sets *per_task to the units per task. */
+ * number of tasks (at most DF_TASKS_PER_THREAD per thread, each worth at
+ * least DF_PARALLEL_GRAIN) and sets *per_task to the units per task. */
 int64_t df_task_split(int64_t items, int64_t cost, int64_t *per_task);
 
 /* ---- the CPU (core/cpu.c) ----------------------------------------------- */

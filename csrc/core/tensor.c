@@ -640,8 +640,8 @@ static void iter_task(int64_t task, void *arg) {
 void df_iter_run(const df_iter *it, df_iter_kernel kernel, const void *ctx) {
   if (it->numel == 0) return;
   int64_t ntasks = (it->numel + DF_ITER_GRAIN - 1) / DF_ITER_GRAIN;
-  int threads = df_get_num_threads();
-  if (ntasks > threads) ntasks = threads;
+  int64_t most = (int64_t)df_get_num_threads() * DF_TASKS_PER_THREAD;
+  if (ntasks > most) ntasks = most;
   iter_job job = {it, kernel, ctx, ntasks};
   df_parallel_for(ntasks, iter_task, &job);
 }

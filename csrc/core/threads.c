@@ -4,7 +4,15 @@
  * calling thread. Workers sleep on a condition variable between calls.
  * OpenBLAS is kept single-threaded: df_gemm (ops/gemm.c) splits products over
  * this pool instead, because OpenBLAS's own workers spin in sched_yield after
- * each call and stole the cores from ours. */
+ * each call and stole the cores from ours.
+ *
+ * The caller never waits for a worker that has not started: a worker joins
+ * a job through one atomic word (the job's generation, whether it is still
+ * open, and how many workers are inside), and once the caller has run out
+ * of tasks it closes the job and waits only for the workers inside. On a
+ * shared machine a worker's core can be taken for a few milliseconds; the
+ * caller then does the whole loop itself instead of waiting for it, loop
+ * after loop. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <unistd.h>
@@ -15,6 +23,11 @@
 
 #define MAX_THREADS 256
 
+/* the entry word: generation << ENTRY_GEN_SHIFT | ENTRY_OPEN | workers inside */
+#define ENTRY_INSIDE ((uint64_t)0xffff)
+#define ENTRY_OPEN ((uint64_t)1 << 16)
+#define ENTRY_GEN_SHIFT 17
+
 typedef struct {
   pthread_mutex_t lock;
   pthread_cond_t wake, done;
@@ -22,7 +35,7 @@ typedef struct {
   int nworkers;       /* started worker threads */
   int nthreads;       /* threads used per call, caller included */
   _Atomic uint64_t generation; /* bumped for each job (read unlocked by spinning workers) */
-  atomic_int active;  /* workers still inside the current job */
+  _Atomic uint64_t entry;      /* the current job's generation, open flag and workers inside */
   /* the current job */
   void (*fn)(int64_t, void *);
   void *ctx;
@@ -61,6 +74,24 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* Joins job `gen` if it is still open; false when it has closed or moved on. */
+static bool join_job(uint64_t gen) {
+  uint64_t e = atomic_load(&pool.entry);
+  for (;;) {
+    if (e >> ENTRY_GEN_SHIFT != gen || !(e & ENTRY_OPEN)) return false;
+    if (atomic_compare_exchange_weak(&pool.entry, &e, e + 1)) return true;
+  }
+}
+
+static void leave_job(void) {
+  uint64_t before = atomic_fetch_sub(&pool.entry, 1);
+  if (!(before & ENTRY_OPEN) && (before & ENTRY_INSIDE) == 1) { /* the last one out of a closed job */
+    pthread_mutex_lock(&pool.lock);
+    pthread_cond_signal(&pool.done);
+    pthread_mutex_unlock(&pool.lock);
+  }
+}
+
 static void *worker_main(void *arg) {
   int id = (int)(intptr_t)arg;
   uint64_t seen = 0;
@@ -71,10 +102,10 @@ static void *worker_main(void *arg) {
     while (atomic_load(&pool.generation) == seen || id >= pool.nthreads - 1) pthread_cond_wait(&pool.wake, &pool.lock);
     seen = atomic_load(&pool.generation);
     pthread_mutex_unlock(&pool.lock);
-    run_tasks();
-    pthread_mutex_lock(&pool.lock);
-    if (atomic_fetch_sub(&pool.active, 1) == 1) pthread_cond_signal(&pool.done);
-    pthread_mutex_unlock(&pool.lock);
+    if (join_job(seen)) {
+      run_tasks();
+      leave_job();
+    }
   }
   return NULL;
 }
@@ -115,8 +146,8 @@ df_status df_set_num_threads(int n) {
 }
 
 int64_t df_task_split(int64_t items, int64_t cost, int64_t *per_task) {
-  int64_t threads = df_get_num_threads();
-  int64_t per = (items + threads - 1) / threads;
+  int64_t tasks = (int64_t)df_get_num_threads() * DF_TASKS_PER_THREAD;
+  int64_t per = (items + tasks - 1) / tasks;
   int64_t min_items = cost > 0 ? (DF_PARALLEL_GRAIN + cost - 1) / cost : items;
   if (per < min_items) per = min_items;
   if (per < 1) per = 1;
@@ -142,17 +173,20 @@ void df_parallel_for(int64_t ntasks, void (*fn)(int64_t, void *), void *ctx) {
   pool.ctx = ctx;
   pool.ntasks = ntasks;
   atomic_store(&pool.next_task, 0);
-  /* workers 0 .. active-1 take part; the others keep sleeping */
-  pool.active = pool.nthreads - 1 < pool.nworkers ? pool.nthreads - 1 : pool.nworkers;
-  pool.generation++;
+  uint64_t gen = atomic_load(&pool.generation) + 1;
+  atomic_store(&pool.entry, gen << ENTRY_GEN_SHIFT | ENTRY_OPEN); /* no worker is inside: the last job closed empty */
+  atomic_store(&pool.generation, gen);
   pthread_cond_broadcast(&pool.wake);
   pthread_mutex_unlock(&pool.lock);
 
   run_tasks();
 
-  for (int i = 0; i < SPIN_ROUNDS && atomic_load_explicit(&pool.active, memory_order_acquire) > 0; i++) cpu_relax();
+  /* every task is taken: close the job to latecomers, wait for those inside */
+  atomic_fetch_and(&pool.entry, ~ENTRY_OPEN);
+  for (int i = 0; i < SPIN_ROUNDS && (atomic_load_explicit(&pool.entry, memory_order_acquire) & ENTRY_INSIDE); i++)
+    cpu_relax();
   pthread_mutex_lock(&pool.lock);
-  while (atomic_load(&pool.active) > 0) pthread_cond_wait(&pool.done, &pool.lock);
+  while (atomic_load(&pool.entry) & ENTRY_INSIDE) pthread_cond_wait(&pool.done, &pool.lock);
   pthread_mutex_unlock(&pool.lock);
   pthread_mutex_unlock(&call_lock);
 }
