@@ -411,6 +411,35 @@ static const float *x_plane(const dw_job *j, int64_t n, int64_t c) {
  * copies: (L, DW_OUT), so a tile reads one contiguous stream */
 static int64_t dy_tile_offset(const dw_job *j, int64_t b, int64_t ot) { return (b * j->o_tiles + ot) * j->l * DW_OUT; }
 
+/* dst rows i = 0..15 (ldd apart) = column i of the 16 x 16 block at src
+ * (rows lds apart), in registers: interleave pairs of floats, then of
+ * float pairs, then 4 x 4 blocks of 128-bit lanes */
+__attribute__((target("avx512f"))) static void transpose16(const float *src, int64_t lds, float *dst, int64_t ldd) {
+  __m512 r[16], u[16];
+  for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 16; i += 2) { /* lane k of t: rows i, i + 1 of columns 4k .. 4k + 3, interleaved */
+    __m512 lo = _mm512_unpacklo_ps(r[i], r[i + 1]), hi = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    r[i] = lo;
+    r[i + 1] = hi;
+  }
+  for (int g = 0; g < 16; g += 4) { /* lane k of u[g + c]: rows g .. g + 3 of column 4k + c */
+    __m512d a = _mm512_castps_pd(r[g]), b = _mm512_castps_pd(r[g + 1]);
+    __m512d cc = _mm512_castps_pd(r[g + 2]), d = _mm512_castps_pd(r[g + 3]);
+    u[g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, cc));
+    u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, cc));
+    u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int c = 0; c < 4; c++) { /* column 4k + c: lane k of u[c], u[4 + c], u[8 + c], u[12 + c] */
+    __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+    __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44), v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+    _mm512_storeu_ps(dst + (0 + c) * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
+    _mm512_storeu_ps(dst + (4 + c) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+    _mm512_storeu_ps(dst + (8 + c) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
+    _mm512_storeu_ps(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+  }
+}
+
 /* image n into the chunk's copies at slot b: x zero-padded (C_pad, hp, wp),
  * dy transposed (O_pad / DW_OUT, L, DW_OUT) */
 static void dw_copy_image(const dw_job *j, int64_t n, int64_t b, float *xpad, float *dyt) {
@@ -435,6 +464,10 @@ static void dw_copy_image(const dw_job *j, int64_t n, int64_t b, float *xpad, fl
   for (int64_t p0 = 0; p0 < j->l; p0 += 16) /* 16 x 16 blocks: whole cache lines both ways */
     for (int64_t o0 = 0; o0 < j->o_pad; o0 += 16) {
       float *dst = dyt + dy_tile_offset(j, b, o0 / DW_OUT) + o0 % DW_OUT;
+      if (p0 + 16 <= j->l && o0 + 16 <= g->o) {
+        transpose16(src + o0 * j->l + p0, j->l, dst + p0 * DW_OUT, DW_OUT);
+        continue;
+      }
       for (int64_t p = p0; p < p0 + 16 && p < j->l; p++) {
         float *row = dst + p * DW_OUT;
         for (int64_t o = o0; o < o0 + 16; o++) row[o - o0] = o < g->o ? src[o * j->l + p] : 0.0f;

@@ -42,6 +42,7 @@
 #define WG_VECS 3     /* tile vectors per block */
 #define WG_MAX_C 512  /* a block's transformed input stays within L2 */
 #define WG_MIN_C 8
+#define WG_PREFETCH_C 4 /* input channels ahead that input_transform fetches */
 #define WG_MIN_O 8
 
 static int winograd_mode = 1; /* 1: where it applies; 0: never (tests compare the paths) */
@@ -167,6 +168,25 @@ __attribute__((target("avx512f"), always_inline)) static inline void patch_row(c
   }
 }
 
+/* Fetches the input rows that tile vector t reads in channel plane xc: each
+ * channel's rows are in a page of their own (a 32 x 32 plane is 4 KiB), so
+ * the hardware prefetchers, which stop at page boundaries, never get going,
+ * and every channel would wait for L3. */
+__attribute__((target("avx512f"), always_inline)) static inline void prefetch_patch(const direct_geom *g,
+                                                                                    const float *xc, tile_vec t) {
+  int64_t tw = g->w / 2, W = g->w, rows = tw >= WG_LANES ? 1 : WG_LANES / tw;
+  int64_t y0 = 2 * t.ty0 - 1, y1 = 2 * (t.ty0 + rows); /* inclusive */
+  int64_t x0 = 2 * t.tx0 - 1, x1 = tw >= WG_LANES ? 2 * (t.tx0 + WG_LANES) : W - 1;
+  if (y0 < 0) y0 = 0;
+  if (y1 > g->h - 1) y1 = g->h - 1;
+  if (x0 < 0) x0 = 0;
+  if (x1 > W - 1) x1 = W - 1;
+  for (int64_t iy = y0; iy <= y1; iy++) {
+    uintptr_t first = (uintptr_t)(xc + iy * W + x0) & ~(uintptr_t)63, last = (uintptr_t)(xc + iy * W + x1);
+    for (uintptr_t p = first; p <= last; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+  }
+}
+
 /* V = Bᵀ d B, Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], for the 16
  * tiles of t and every input channel, into V (16, C, TVL) with points
  * v_point floats apart, whose first column for these tiles V points at */
@@ -183,6 +203,7 @@ __attribute__((target("avx512f"))) static void input_transform(const wg_job *j, 
   const __m512i before = _mm512_sub_epi32(even, one), after = _mm512_add_epi32(odd, one);
   for (int64_t c = 0; c < g->c; c++) {
     const float *xc = j->x + (t.n * g->c + c) * g->h * g->w;
+    if (c + WG_PREFETCH_C < g->c) prefetch_patch(g, xc + WG_PREFETCH_C * g->h * g->w, t);
     __m512 z[4][4];
     for (int r = 0; r < 4; r++) {
       __m512 lo, hi;
