@@ -45,6 +45,7 @@ local SHAPES = {
   { 7, 8, 8, 8, 32 },    -- 7 vectors: blocks of 3, 3, 1
   { 5, 32, 8, 8, 8 },    -- blocks of 3, 2
   { 2, 300, 8, 8, 24 },  -- many input channels
+  { 1, 72, 16, 16, 70 }, -- 64 channels or more: passes of 8 output blocks, then 1 (partial; the input gradient's is whole)
 }
 
 describe("conv2d Winograd kernel", function()

@@ -20,8 +20,9 @@
  *   output   Y = Aᵀ M A (+ bias), interleaved back into output rows.
  *
  * A task takes a block of 3 tile vectors: it transforms their patches for
- * every input channel (kept in L2), then runs the products and the output
- * transform per block of 8 output channels. Blocks are cut by shape alone
+ * every input channel (kept in L2), then runs the products point by point
+ * for a pass of up to 8 blocks of 8 output channels, and their output
+ * transforms. Blocks are cut by shape alone
  * and each output is written by one block, so the result does not depend
  * on the thread count. */
 #include "conv_direct.h"
@@ -42,6 +43,8 @@
 #define WG_VECS 3     /* tile vectors per block */
 #define WG_MAX_C 512  /* a block's transformed input stays within L2 */
 #define WG_MIN_C 8
+#define WG_PASS_MIN_C 64 /* input channels from which a pass over the points takes several output blocks ... */
+#define WG_PASS_BLOCKS 8 /* ... this many at most (M: 192 KiB) */
 #define WG_PREFETCH_C 4 /* input channels ahead that input_transform fetches */
 #define WG_MIN_O 8
 
@@ -74,8 +77,9 @@ typedef struct {
   float *y;
   int64_t out_blocks, vecs_per_image, vecs, blocks;
   float *work;
-  int64_t work_floats; /* per task: V (16, C, 48) then M (16, 8, 48) */
+  int64_t work_floats; /* per task: V (16, C, 48) then M (pass_blocks, 16, 8, 48) */
   int64_t v_point;     /* floats from one point's V (C, 48) to the next's */
+  int64_t pass_blocks; /* output blocks per pass over the points */
   _Atomic int64_t next;
 } wg_job;
 
@@ -277,19 +281,30 @@ __attribute__((target("avx512f"))) static void wg_block(const wg_job *j, int64_t
     tv[r] = tile_vec_at(j, v0 + r);
     input_transform(j, tv[r], V + r * WG_LANES);
   }
-  for (int64_t ob = 0; ob < j->out_blocks; ob++) {
+  /* point by point, a pass of output blocks over each: the point's V
+   * (C x 48 floats) stays in L1 while the blocks' U stream past, where
+   * output block by output block it would come from L2 each time. With few
+   * channels V is small and a pass of one block keeps M in L1 instead. */
+  for (int64_t ob0 = 0; ob0 < j->out_blocks; ob0 += j->pass_blocks) {
+    int64_t ob1 = ob0 + j->pass_blocks < j->out_blocks ? ob0 + j->pass_blocks : j->out_blocks;
     for (int xi = 0; xi < WG_POINTS; xi++) {
-      const float *U = j->upk + (ob * WG_POINTS + xi) * g->c * WG_OUT, *Vx = V + xi * j->v_point;
-      float *Mx = M + xi * WG_OUT * TVL;
-      if (R == 3) tile_product(U, Vx, TVL, g->c, NULL, Mx, TVL, WG_OUT, 3);
-      else if (R == 2) tile_product(U, Vx, TVL, g->c, NULL, Mx, TVL, WG_OUT, 2);
-      else tile_product(U, Vx, TVL, g->c, NULL, Mx, TVL, WG_OUT, 1);
+      const float *Vx = V + xi * j->v_point;
+      for (int64_t ob = ob0; ob < ob1; ob++) {
+        const float *U = j->upk + (ob * WG_POINTS + xi) * g->c * WG_OUT;
+        float *Mx = M + ((ob - ob0) * WG_POINTS + xi) * WG_OUT * TVL;
+        if (R == 3) tile_product(U, Vx, TVL, g->c, NULL, Mx, TVL, WG_OUT, 3);
+        else if (R == 2) tile_product(U, Vx, TVL, g->c, NULL, Mx, TVL, WG_OUT, 2);
+        else tile_product(U, Vx, TVL, g->c, NULL, Mx, TVL, WG_OUT, 1);
+      }
     }
-    int64_t live = g->o - ob * WG_OUT < WG_OUT ? g->o - ob * WG_OUT : WG_OUT;
-    for (int64_t i = 0; i < live; i++)
-      for (int64_t r = 0; r < R; r++)
-        output_transform(j, tv[r], ob * WG_OUT + i, M + i * TVL + r * WG_LANES, WG_OUT * TVL,
-                         j->bias ? j->bias[ob * WG_OUT + i] : 0.0f);
+    for (int64_t ob = ob0; ob < ob1; ob++) {
+      int64_t live = g->o - ob * WG_OUT < WG_OUT ? g->o - ob * WG_OUT : WG_OUT;
+      const float *Mb = M + (ob - ob0) * WG_POINTS * WG_OUT * TVL;
+      for (int64_t i = 0; i < live; i++)
+        for (int64_t r = 0; r < R; r++)
+          output_transform(j, tv[r], ob * WG_OUT + i, Mb + i * TVL + r * WG_LANES, WG_OUT * TVL,
+                           j->bias ? j->bias[ob * WG_OUT + i] : 0.0f);
+    }
   }
 }
 
@@ -311,7 +326,8 @@ df_status conv_winograd_forward(const direct_geom *g, const float *x, const floa
   /* a cache line between points: C x 48 floats is a multiple of 4 KiB for
    * C = 64, 128, ..., and the 16 points' rows would all fall in one L1 set */
   int64_t v_point = g->c * TVL + WG_LANES;
-  int64_t work_floats = WG_POINTS * v_point + WG_POINTS * WG_OUT * TVL + WG_LANES; /* + a cache line between tasks */
+  int64_t pass_blocks = g->c < WG_PASS_MIN_C ? 1 : out_blocks < WG_PASS_BLOCKS ? out_blocks : WG_PASS_BLOCKS;
+  int64_t work_floats = WG_POINTS * v_point + pass_blocks * WG_POINTS * WG_OUT * TVL + WG_LANES; /* + a cache line between tasks */
   int64_t upk_floats = out_blocks * WG_POINTS * g->c * WG_OUT, bias_floats = bias ? out_blocks * WG_OUT : 0;
   /* from the buffer cache: the same sizes come back every step, and fresh
    * pages would cost a page fault each */
@@ -320,7 +336,7 @@ df_status conv_winograd_forward(const direct_geom *g, const float *x, const floa
   if (!mem) return df_error(DF_ENOMEM, "conv2d: out of memory for the Winograd workspace");
   wg_job j = {.g = g, .x = x, .upk = mem, .y = y, .out_blocks = out_blocks, .vecs_per_image = vecs_per_image,
               .vecs = vecs, .blocks = blocks, .work = mem + upk_floats + bias_floats, .work_floats = work_floats,
-              .v_point = v_point};
+              .v_point = v_point, .pass_blocks = pass_blocks};
   atomic_init(&j.next, 0);
   pack_weights(g, w, flip_transpose, out_blocks, mem);
   if (bias) {
