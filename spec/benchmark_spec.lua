@@ -84,7 +84,7 @@ describe("examples/benchmark.lua", function()
 
   it("measures our tiny U-Net and prints the table with the machine's peak", function()
     local status, out, err = run("--no-torch --configs tiny --threads 1 --batches 2 --steps 1 --warmup 0 "
-      .. "--sample-n 2 --ddim-steps 2 --fma-seconds 0.05")
+      .. "--sample-n 2 --ddim-steps 2 --fma-seconds 0.05 --repeats 2")
     assert.are.equal(0, status, out .. err)
     assert.matches("OpenBLAS: [^\n]*core %S+", out)
     assert.matches("CPU: widest SIMD " .. D.cpu_simd() .. "; FMA peak %(GFLOP/s[^\n]*%): 1 thread %d+", out)
@@ -108,6 +108,10 @@ describe("examples/benchmark.lua", function()
       assert.matches("training data: ours: synthetic", out)
     end
     assert.matches("tiny 1 threads train b2: ours", err) -- progress on stderr
+    -- each row measured twice: one progress line after the first of the two
+    assert.matches("tiny 1 threads train b2, 1 of 2: ours [%d.]+ img/s, torch %- img/s so far", err)
+    assert.matches("tiny 1 threads sample, 1 of 2: ours [%d.]+ img/s", err)
+    assert.is_nil(err:find("2 of 2", 1, true), err)
   end)
 
   it("refuses bad options before measuring anything", function()
@@ -116,6 +120,7 @@ describe("examples/benchmark.lua", function()
       ["--threads 0 --no-torch"] = "--threads must list integers >= 1, got '0'",
       ["--batches 32,x --no-torch"] = "--batches must list integers >= 1, got '32,x'",
       ["--ddim-steps 2000 --no-torch"] = "--ddim-steps must be an integer in [1, 1000]",
+      ["--repeats 0 --no-torch"] = "--repeats must be an integer >= 1",
       ["--fma-also sse --no-torch"] = "--fma-also lists avx512f, avx2, scalar or none, got 'sse'",
       ["--torch /nonexistent/torch_unet.py"] = "the reference /nonexistent/torch_unet.py is missing",
     }) do
