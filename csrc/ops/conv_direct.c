@@ -417,7 +417,7 @@ static int64_t dy_tile_offset(const dw_job *j, int64_t b, int64_t ot) { return (
 __attribute__((target("avx512f"))) static void transpose16(const float *src, int64_t lds, float *dst, int64_t ldd) {
   __m512 r[16], u[16];
   for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
-  for (int i = 0; i < 16; i += 2) { /* lane k of t: rows i, i + 1 of columns 4k .. 4k + 3, interleaved */
+  for (int i = 0; i < 16; i += 2) { /* lane k of r[i], r[i + 1]: rows i, i + 1 of columns 4k .. 4k + 3, interleaved */
     __m512 lo = _mm512_unpacklo_ps(r[i], r[i + 1]), hi = _mm512_unpackhi_ps(r[i], r[i + 1]);
     r[i] = lo;
     r[i + 1] = hi;
